@@ -1,0 +1,259 @@
+"""raw_attempts (the verbatim payload) and postgres_attempts (validated rows in PostgreSQL)."""
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+from pathlib import Path
+
+import psycopg
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    Backoff,
+    Failure,
+    Jitter,
+    MaterializeResult,
+    MetadataValue,
+    RetryPolicy,
+    asset,
+)
+
+from itresume_pipeline import landing
+from itresume_pipeline.loading import DayLoad, replace_days
+from itresume_pipeline.partitions import (
+    daily_partitions,
+    day_bounds,
+    days_in_window,
+    describe_days,
+    single_run_backfill,
+)
+from itresume_pipeline.payload import count_records
+from itresume_pipeline.resources.api import ApiError, Download, ItResumeApiResource
+from itresume_pipeline.resources.postgres import PostgresResource, WarehouseError
+
+logger = logging.getLogger(__name__)
+
+GROUP = "itresume"
+REJECT_RATE_THRESHOLD = 0.05
+
+
+@asset(
+    partitions_def=daily_partitions,
+    backfill_policy=single_run_backfill,
+    group_name=GROUP,
+    kinds={"python", "file"},
+    description="The API's payload for each UTC day, verbatim (gzip), kept for replay.",
+)
+def raw_attempts(
+    context: AssetExecutionContext, itresume_api: ItResumeApiResource
+) -> MaterializeResult:
+    days = days_in_window(context.partition_time_window)
+    context.log.info(f"download started: {describe_days(days)}")
+    downloads = _download_days(itresume_api, days)
+    for day, download in downloads.items():
+        landing.publish(download.path, landing.landing_path(day))
+    total_records = sum(d.records for d in downloads.values())
+    total_bytes = sum(d.bytes for d in downloads.values())
+    seconds = max(d.seconds for d in downloads.values()) if downloads else 0.0
+    context.log.info(
+        f"download finished: {describe_days(days)}, {total_records} records, "
+        f"{total_bytes} bytes in {seconds:.1f} s"
+    )
+    metadata: dict[str, object] = {
+        "records": MetadataValue.int(total_records),
+        "bytes": MetadataValue.int(total_bytes),
+        "duration_s": MetadataValue.float(round(seconds, 3)),
+        "days": MetadataValue.int(len(days)),
+        "path": MetadataValue.path(str(landing.landing_path(days[0]).parent)),
+    }
+    if len(days) == 1:
+        only = downloads[days[0]]
+        metadata["sha256"] = MetadataValue.text(only.sha256)
+        metadata["request_url"] = MetadataValue.text(only.url)
+        metadata["attempts"] = MetadataValue.int(only.attempts)
+    else:
+        metadata["files"] = MetadataValue.md(_downloads_table(downloads))
+    return MaterializeResult(metadata=metadata)
+
+
+def _download_days(api: ItResumeApiResource, days: list[date]) -> dict[date, Download]:
+    """Fetch every day into temp files, concurrently; publish nothing unless all succeeded."""
+    temps = {day: landing.temp_path_for(landing.landing_path(day)) for day in days}
+
+    def fetch(day: date) -> Download:
+        start, end = day_bounds(day)
+        return api.download(start, end, temps[day], validate=_count_landing_records)
+
+    workers = max(1, min(api.max_concurrent_requests, len(days)))
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="itresume-fetch") as pool:
+            futures = {day: pool.submit(fetch, day) for day in days}
+            results = {}
+            for day, future in futures.items():
+                try:
+                    results[day] = future.result()
+                except ApiError as error:
+                    for other in futures.values():
+                        other.cancel()
+                    raise Failure(
+                        description=f"raw_attempts {day.isoformat()}: {error}",
+                        allow_retries=False,
+                    ) from None
+            return results
+    except BaseException:
+        for temp in temps.values():
+            landing.discard(temp)
+        raise
+
+
+def _count_landing_records(path: Path) -> int:
+    """Read back what was written: a complete JSON array, or ValueError."""
+    with landing.open_payload(path) as stream:
+        return count_records(stream)
+
+
+def _downloads_table(downloads: dict[date, Download]) -> str:
+    lines = ["| day | records | bytes | attempts | sha256 |", "|---|---:|---:|---:|---|"]
+    for day, d in sorted(downloads.items()):
+        lines.append(f"| {day} | {d.records} | {d.bytes} | {d.attempts} | `{d.sha256[:16]}…` |")
+    return "\n".join(lines)
+
+
+ATTEMPTS_CHECKS = [
+    AssetCheckSpec(
+        "created_at_inside_partition",
+        asset="postgres_attempts",
+        description="Every row loaded by this run lies inside its partition's day.",
+    ),
+    AssetCheckSpec(
+        "user_id_not_null",
+        asset="postgres_attempts",
+        description="No row of the partition has a null or empty user_id.",
+    ),
+    AssetCheckSpec(
+        "reject_rate_below_threshold",
+        asset="postgres_attempts",
+        description=f"At most {REJECT_RATE_THRESHOLD:.0%} of received records were rejected.",
+    ),
+]
+
+
+@asset(
+    partitions_def=daily_partitions,
+    backfill_policy=single_run_backfill,
+    group_name=GROUP,
+    kinds={"python", "postgres"},
+    deps=[raw_attempts],
+    check_specs=ATTEMPTS_CHECKS,
+    retry_policy=RetryPolicy(
+        max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
+    ),
+    description="Parsed, validated attempts in PostgreSQL; bad records quarantined with a reason.",
+)
+def postgres_attempts(
+    context: AssetExecutionContext, warehouse: PostgresResource
+) -> MaterializeResult:
+    days = days_in_window(context.partition_time_window)
+    payloads = {day: landing.landing_path(day) for day in days}
+    missing = [str(p) for p in payloads.values() if not p.exists()]
+    if missing:
+        raise Failure(
+            description=f"landing files missing, materialize raw_attempts first: {missing[:5]}",
+            allow_retries=False,
+        )
+    context.log.info(f"parse and load started: {describe_days(days)}")
+    try:
+        loads, seconds = replace_days(warehouse, payloads, run_id=context.run_id)
+    except psycopg.OperationalError as error:
+        raise WarehouseError(f"PostgreSQL connection failed during the load: {error}") from None
+    totals = _sum_loads(loads)
+    rate = totals.loaded / seconds if seconds > 0 else 0.0
+    context.log.info(
+        f"parse and load finished: {describe_days(days)}: received {totals.received}, "
+        f"loaded {totals.loaded}, rejected {totals.rejected}, duplicates {totals.duplicates}, "
+        f"out of window {totals.out_of_window} in {seconds:.2f} s ({rate:,.0f} rows/s)"
+    )
+    if totals.rejected:
+        context.log.warning(
+            f"{totals.rejected} records quarantined in attempts_rejected: {totals.reject_reasons}"
+        )
+    checks = _attempt_checks(warehouse, days, context.run_id, totals)
+    return MaterializeResult(
+        metadata={
+            "received": MetadataValue.int(totals.received),
+            "loaded": MetadataValue.int(totals.loaded),
+            "rejected": MetadataValue.int(totals.rejected),
+            "duplicates": MetadataValue.int(totals.duplicates),
+            "out_of_window": MetadataValue.int(totals.out_of_window),
+            "duration_s": MetadataValue.float(round(seconds, 3)),
+            "rows_per_second": MetadataValue.float(round(rate, 1)),
+            "reject_reasons": MetadataValue.json(totals.reject_reasons),
+            "table": MetadataValue.text(f"{warehouse.location}.attempts"),
+        },
+        check_results=checks,
+    )
+
+
+def _sum_loads(loads: list[DayLoad]) -> DayLoad:
+    total = DayLoad(day=loads[0].day)
+    for load in loads:
+        total.received += load.received
+        total.loaded += load.loaded
+        total.rejected += load.rejected
+        total.duplicates += load.duplicates
+        total.out_of_window += load.out_of_window
+        for reason, count in load.reject_reasons.items():
+            total.reject_reasons[reason] = total.reject_reasons.get(reason, 0) + count
+    return total
+
+
+def _attempt_checks(
+    warehouse: PostgresResource, days: list[date], run_id: str, totals: DayLoad
+) -> list[AssetCheckResult]:
+    """Recheck what landed in the table, not what the loader believes it wrote."""
+    window_start, window_end = day_bounds(days[0])[0], day_bounds(days[-1])[1]
+    attempts = warehouse.table("attempts")
+    sql = psycopg.sql.SQL
+    with warehouse.connect() as conn:
+        outside = conn.execute(
+            sql(
+                "SELECT count(*) FROM {} WHERE run_id = %s "
+                "AND NOT (created_at >= %s AND created_at < %s)"
+            ).format(attempts),
+            (run_id, window_start, window_end),
+        ).fetchone()[0]
+        null_users = conn.execute(
+            sql(
+                "SELECT count(*) FROM {} WHERE created_at >= %s AND created_at < %s "
+                "AND (user_id IS NULL OR user_id = '')"
+            ).format(attempts),
+            (window_start, window_end),
+        ).fetchone()[0]
+    reject_rate = totals.rejected / totals.received if totals.received else 0.0
+    return [
+        AssetCheckResult(
+            check_name="created_at_inside_partition",
+            passed=outside == 0,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"rows_outside": outside},
+        ),
+        AssetCheckResult(
+            check_name="user_id_not_null",
+            passed=null_users == 0,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"null_user_ids": null_users},
+        ),
+        AssetCheckResult(
+            check_name="reject_rate_below_threshold",
+            passed=reject_rate <= REJECT_RATE_THRESHOLD,
+            severity=AssetCheckSeverity.WARN,
+            metadata={
+                "reject_rate": MetadataValue.float(round(reject_rate, 6)),
+                "threshold": MetadataValue.float(REJECT_RATE_THRESHOLD),
+                "rejected": totals.rejected,
+                "received": totals.received,
+            },
+        ),
+    ]

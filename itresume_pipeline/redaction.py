@@ -1,0 +1,171 @@
+"""Mask secrets in any text before it is logged, raised, stored as metadata or e-mailed.
+
+Two layers, because neither is enough alone:
+
+* patterns catch secrets by their *shape* (``client_key=...``, ``password: ...``, bearer tokens,
+  PEM private keys, the password of ``scheme://user:PASSWORD@host`` URLs), whatever their value;
+* literals catch the *values* currently configured in the environment (the API key, the SMTP
+  password, the Sheets service-account key, database passwords), wherever they appear, even
+  without a telltale key name, e.g. inside an exception message that echoes a request body.
+
+`redact` never raises: if anything inside it fails, it returns a placeholder rather than the
+unredacted text, because a redaction bug must not leak a secret nor hide the original error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from functools import lru_cache
+from urllib.parse import quote, quote_plus, unquote, urlsplit
+
+MASK = "***"
+
+#: Environment variables whose values are secrets in their own right.
+SECRET_ENV_VARS: tuple[str, ...] = (
+    "ITRESUME_CLIENT_KEY",
+    "ITRESUME_SMTP_PASSWORD",
+    "DAGSTER_PG_PASSWORD",
+)
+#: Environment variables holding URLs whose password part is a secret.
+SECRET_URL_ENV_VARS: tuple[str, ...] = ("ITRESUME_DATABASE_URL", "DAGSTER_PG_URL")
+#: Environment variable naming a service-account JSON whose ``private_key`` is a secret.
+CREDENTIALS_FILE_ENV_VAR = "ITRESUME_SHEETS_CREDENTIALS"
+
+# Shorter literals would mask ordinary words and numbers all over the text; the patterns still
+# catch such secrets whenever they sit next to their key name.
+_MIN_LITERAL_LEN = 4
+_FAILED = "[redaction failed; text withheld]"
+
+_PEM_RE = re.compile(
+    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----"
+    r"[A-Za-z0-9+/=\s\\]*"  # base64 body; "\\" keeps JSON/repr-escaped "\n" inside the match
+    r"(?:-----END[A-Z0-9 ]*PRIVATE KEY-----)?"  # optional: a truncated key is still masked
+)
+_AUTH_HEADER_RE = re.compile(
+    r"(?i)(\bauthorization[\"']?\s*[:=]\s*[\"']?(?:bearer|basic|token|bot)?\s*)[^\s\"',;]+"
+)
+_BEARER_RE = re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9\-._~+/]{6,}=*")
+_KEY_NAMES = (
+    "client_key|client_secret|password|passwd|pwd|access_token|refresh_token|id_token|"
+    "auth_token|api_key|apikey|private_key_id|private_key|secret|token"
+)
+_KEY_VALUE_RE = re.compile(
+    r"(?i)(?<![A-Za-z0-9])(?P<key>(?:" + _KEY_NAMES + r")[\"']?\s*[=:]\s*)"
+    r"(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s&\"',;)}\]>]+))"
+)
+_KEY_TRIGGERS = ("key", "secret", "passw", "pwd", "token")  # every _KEY_NAMES entry has one
+_URL_PASSWORD_RE = re.compile(r"(?i)(\b[a-z][a-z0-9+.\-]*://[^\s:/@?#]*:)[^\s@/?#]+(@)")
+
+
+def _key_value_sub(match: re.Match[str]) -> str:
+    key = match.group("key")
+    if match.group("dq") is not None:
+        return f'{key}"{MASK}"'
+    if match.group("sq") is not None:
+        return f"{key}'{MASK}'"
+    return key + MASK
+
+
+def _apply_patterns(text: str) -> str:
+    # Substring tests (C speed) skip the regexes on the common text that holds no secret.
+    lower = text.lower()
+    if "private key-----" in lower:
+        text = _PEM_RE.sub(MASK, text)
+    if "authorization" in lower:
+        text = _AUTH_HEADER_RE.sub(lambda m: m.group(1) + MASK, text)
+    if "bearer" in lower:
+        text = _BEARER_RE.sub(lambda m: m.group(1) + MASK, text)
+    if "://" in text and "@" in text:
+        text = _URL_PASSWORD_RE.sub(lambda m: m.group(1) + MASK + m.group(2), text)
+    if any(word in lower for word in _KEY_TRIGGERS):
+        text = _KEY_VALUE_RE.sub(_key_value_sub, text)
+    return text
+
+
+def _variants(secret: str) -> set[str]:
+    """A secret as it may appear: verbatim, URL-encoded, JSON-escaped, and line by line (PEM)."""
+    secret = secret.strip()
+    if len(secret) < _MIN_LITERAL_LEN:
+        return set()
+    out = {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
+    if "\n" in secret:  # a PEM key: each base64 line alone is still a secret
+        out.update(line.strip() for line in secret.splitlines() if len(line.strip()) >= 16)
+        out.discard("-----BEGIN PRIVATE KEY-----")
+        out.discard("-----END PRIVATE KEY-----")
+    return {v for v in out if len(v) >= _MIN_LITERAL_LEN}
+
+
+@lru_cache(maxsize=32)
+def _literal_regex(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    variants: set[str] = set()
+    for secret in secrets:
+        variants |= _variants(secret)
+    if not variants:
+        return None
+    # Longest first, so a secret is never half-masked by a shorter one it contains.
+    return re.compile("|".join(re.escape(v) for v in sorted(variants, key=len, reverse=True)))
+
+
+@lru_cache(maxsize=8)
+def _private_key_from_file(path: str, mtime_ns: int, size: int) -> str:
+    """The service account's private key; keyed on mtime and size so an edited file is re-read."""
+    del mtime_ns, size  # cache key only
+    with open(path, encoding="utf-8") as fh:
+        info = json.load(fh)
+    key = info.get("private_key") if isinstance(info, dict) else None
+    return key if isinstance(key, str) else ""
+
+
+def _url_password(url: str) -> str:
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return ""
+    return unquote(password) if password else ""
+
+
+def configured_secrets() -> frozenset[str]:
+    """Secret values configured right now; read on every call so tests and reloads are seen."""
+    found: set[str] = set()
+    for name in SECRET_ENV_VARS:
+        value = os.environ.get(name, "").strip()
+        if value:
+            found.add(value)
+    for name in SECRET_URL_ENV_VARS:
+        value = _url_password(os.environ.get(name, ""))
+        if value:
+            found.add(value)
+    path = os.environ.get(CREDENTIALS_FILE_ENV_VAR, "").strip()
+    if path:
+        try:
+            st = os.stat(path)
+            key = _private_key_from_file(path, st.st_mtime_ns, st.st_size)
+        except (OSError, ValueError):  # unreadable or not JSON: nothing to add
+            key = ""
+        if key:
+            found.add(key)
+    return frozenset(found)
+
+
+def redact(text: object, *, secrets: Iterable[str] = ()) -> str:
+    """Return ``text`` (``str()`` of it if needed) with every secret we know of replaced by ***.
+
+    ``secrets`` adds literal values known to the caller (e.g. a password passed as resource
+    config rather than through the environment).
+    """
+    try:
+        if text is None:
+            return ""
+        value = text if isinstance(text, str) else str(text)
+        if not value:
+            return value
+        literals = configured_secrets() | frozenset(s for s in secrets if isinstance(s, str))
+        pattern = _literal_regex(literals) if literals else None
+        if pattern is not None:
+            value = pattern.sub(MASK, value)
+        return _apply_patterns(value)
+    except Exception:  # never raise: see the module docstring
+        return _FAILED

@@ -1,0 +1,301 @@
+"""MailResource against a real SMTP server (aiosmtpd) in all three security modes, and `redact`.
+
+No SMTP mocks: each test starts an aiosmtpd Controller on a free port, with a trustme CA for TLS.
+`SmtpSink` and `smtp_server` are reused by test_sensors.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import ssl
+import traceback
+from collections.abc import Iterator
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+
+from itresume_pipeline.redaction import redact
+from itresume_pipeline.resources.mail import MailDeliveryError, MailResource
+
+USER = "bot"
+PASSWORD = "s3cret-Пароль"  # non-ASCII on purpose: it must survive AUTH and never leak
+
+
+def free_port() -> int:
+    """aiosmtpd needs a concrete port (its ready-check connects to it), so pick one ourselves."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class SmtpSink:
+    """Keeps every message the server accepted."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+    def messages(self) -> list[EmailMessage]:
+        return [
+            message_from_bytes(e.original_content, policy=policy.default)  # type: ignore[misc]
+            for e in self.envelopes
+        ]
+
+
+def _auth(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
+        USER.encode(),
+        PASSWORD.encode(),
+    )
+    return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
+    ca = trustme.CA()
+    path = tmp_path_factory.mktemp("ca") / "test-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return ca, path
+
+
+@contextlib.contextmanager
+def smtp_server(
+    security: str, ca: trustme.CA | None = None, port: int | None = None
+) -> Iterator[tuple[SmtpSink, int]]:
+    """A real SMTP server speaking ``security`` ("none", "starttls" or "ssl") with AUTH."""
+    sink = SmtpSink()
+    kw: dict[str, Any] = {
+        "hostname": "127.0.0.1",
+        "port": port or free_port(),
+        "authenticator": _auth,
+    }
+    if security != "none":
+        assert ca is not None
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
+    if security == "none":
+        controller = Controller(sink, auth_require_tls=False, **kw)
+    elif security == "starttls":
+        controller = Controller(sink, tls_context=server_ctx, require_starttls=True, **kw)
+    else:  # aiosmtpd #281: implicit TLS is not seen as TLS, so AUTH must not require it
+        controller = Controller(
+            sink, ssl_context=server_ctx, server_hostname="localhost", auth_require_tls=False, **kw
+        )
+    controller.start()
+    try:
+        yield sink, kw["port"]
+    finally:
+        controller.stop()
+
+
+def mail_for(port: int, security: str, ca_file: Path | None, **kw: Any) -> MailResource:
+    fields: dict[str, Any] = {
+        "host": "localhost",
+        "port": port,
+        "security": security,
+        "user": USER,
+        "password": PASSWORD,
+        "ca_file": str(ca_file) if ca_file else "",
+        "timeout_s": 5.0,
+        "from_addr": "alerts@example.test",
+        "to_addrs": "ops@example.test, Дежурный <oncall@example.test>",
+    }
+    fields.update(kw)
+    return MailResource(**fields)
+
+
+def russian_message() -> EmailMessage:
+    msg = EmailMessage()
+    msg["Subject"] = "Сбой загрузки за 2024-10-08: ошибка API"
+    msg.set_content("Привет! Загрузка упала.\nЁжик в тумане — «кавычки» и эмодзи ✅\n")
+    return msg
+
+
+# -- delivery -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("security", ["none", "starttls", "ssl"])
+def test_each_security_mode_delivers_utf8_intact(
+    security: str, tls_ca: tuple[trustme.CA, Path]
+) -> None:
+    ca, ca_path = tls_ca
+    with smtp_server(security, ca) as (sink, port):
+        where = mail_for(port, security, ca_path).send(russian_message())
+    assert where == f"smtp://localhost:{port}"
+    assert len(sink.envelopes) == 1
+    env = sink.envelopes[0]
+    assert env.mail_from == "alerts@example.test"
+    assert sorted(env.rcpt_tos) == ["oncall@example.test", "ops@example.test"]
+    got = sink.messages()[0]
+    assert got["Subject"] == "Сбой загрузки за 2024-10-08: ошибка API"
+    assert "Ёжик в тумане — «кавычки» и эмодзи ✅" in got.get_content()
+    assert got["Message-ID"] and got["Date"]
+
+
+def test_plain_relay_without_auth(tls_ca: tuple[trustme.CA, Path]) -> None:
+    with smtp_server("none") as (sink, port):
+        mail_for(port, "none", None, user="", password="").send(russian_message())
+    assert len(sink.envelopes) == 1
+
+
+def test_wrong_password_is_rejected_without_leaking_it(tls_ca: tuple[trustme.CA, Path]) -> None:
+    ca, ca_path = tls_ca
+    wrong = "WRONG-pass-9f3c"
+    with smtp_server("starttls", ca) as (sink, port):
+        mail = mail_for(port, "starttls", ca_path, password=wrong)
+        with pytest.raises(MailDeliveryError) as info:
+            mail.send(russian_message())
+    text = "".join(traceback.format_exception(info.value))
+    assert f"localhost:{port}" in str(info.value)
+    assert "login" in str(info.value) and "SMTPAuthenticationError" in str(info.value)
+    assert wrong not in text and PASSWORD not in text
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert sink.envelopes == []
+
+
+def test_tls_is_verified_without_the_ca(tls_ca: tuple[trustme.CA, Path]) -> None:
+    """The test CA is not in the system store, so both TLS modes must refuse the server."""
+    ca, _ = tls_ca
+    for security in ("ssl", "starttls"):
+        with smtp_server(security, ca) as (sink, port):
+            with pytest.raises(MailDeliveryError, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
+                mail_for(port, security, None).send(russian_message())
+            assert sink.envelopes == []
+
+
+def test_server_down_raises_a_clear_error() -> None:
+    port = free_port()  # nothing listens there
+    mail = mail_for(port, "none", None, timeout_s=2.0)
+    with pytest.raises(MailDeliveryError, match=rf"connect failed for smtp://localhost:{port}"):
+        mail.send(russian_message())
+
+
+def test_no_recipients_is_an_error() -> None:
+    with pytest.raises(MailDeliveryError, match="no recipients"):
+        mail_for(25, "none", None, to_addrs="").send(russian_message())
+
+
+# -- outbox -------------------------------------------------------------------------------------
+
+
+def test_outbox_writes_a_valid_eml_atomically(tmp_path: Path) -> None:
+    mail = MailResource(outbox_dir=str(tmp_path / "outbox"), to_addrs="ops@example.test")
+    first = Path(mail.send(russian_message()))
+    second = Path(mail.send(russian_message()))
+    assert first != second and first.parent == second.parent == tmp_path / "outbox"
+    assert first.name.endswith("Z-sboy-zagruzki-za-2024-10-08-oshibka-api.eml")  # transliterated
+    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, second.name])
+    got = message_from_bytes(first.read_bytes(), policy=policy.default)
+    assert got["Subject"] == "Сбой загрузки за 2024-10-08: ошибка API"
+    assert got["To"] == "ops@example.test"
+    assert "Ёжик в тумане" in got.get_content()
+
+
+def test_outbox_default_is_under_itresume_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ITRESUME_HOME", str(tmp_path))
+    msg = EmailMessage()
+    msg["Subject"] = "Run failed: daily job"
+    msg.set_content("x")
+    path = Path(MailResource().send(msg))
+    assert path.parent == tmp_path / "outbox"
+    assert path.name.endswith("-run-failed-daily-job.eml")
+
+
+# -- configuration ------------------------------------------------------------------------------
+
+
+def test_security_is_validated_and_ports_default() -> None:
+    with pytest.raises(ValueError, match="security must be one of"):
+        MailResource(security="tls")
+    assert MailResource(security="SSL").effective_port == 465
+    assert MailResource(security="starttls").effective_port == 587
+    assert MailResource(security="none").effective_port == 25
+    assert MailResource(security="ssl", port=2465).effective_port == 2465
+
+
+def test_from_env_uses_envvars_only_for_set_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("ITRESUME_SMTP_HOST", "ITRESUME_SMTP_USER", "ITRESUME_SMTP_CA_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ITRESUME_SMTP_PORT", "2525")
+    monkeypatch.setenv("ITRESUME_SMTP_SECURITY", "none")
+    monkeypatch.setenv("ITRESUME_SMTP_PASSWORD", "pw-from-env")
+    monkeypatch.setenv("ITRESUME_ALERT_TO", "a@example.test,b@example.test")
+    mail = MailResource.from_env()
+    # unset host -> default "" (outbox mode) instead of an EnvVar that would fail every tick
+    assert mail.host == ""
+    resolved = mail.process_config_and_initialize()
+    assert resolved.port == 2525 and resolved.security == "none"
+    assert resolved.password == "pw-from-env"
+    assert resolved.recipients == ["a@example.test", "b@example.test"]
+
+
+# -- redaction (shared by every module; kept here with the other secret-handling tests) ----------
+
+
+def test_redact_patterns() -> None:
+    cases = {
+        "GET /api?client=c&client_key=abc123&start=x": "client_key=***&start=x",
+        "password='my pass' user=u": "password='***' user=u",
+        '{"token": "tok-1", "access_token":"at-2"}': '{"token": "***", "access_token":"***"}',
+        "Authorization: Bearer eyJhbGciOi.JIUzI1": "Authorization: Bearer ***",
+        "postgresql://loader:Pa55w0rd@db:5432/x": "postgresql://loader:***@db:5432/x",
+        "see http://localhost:3000/runs/1 and a@b": "see http://localhost:3000/runs/1 and a@b",
+    }
+    for raw, expected in cases.items():
+        assert expected in redact(raw), raw
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nAQEFAASC\n"
+    pem += "-----END PRIVATE KEY-----\n"
+    assert redact(f"key={json.dumps(pem)} end").count("MIIE") == 0
+    assert redact("x " + pem + " y") == "x ***\n y"
+    assert redact("truncated -----BEGIN RSA PRIVATE KEY-----\nMIIEvQIBADAN") == "truncated ***"
+
+
+def test_redact_literal_secrets_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_body = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7"
+    creds = tmp_path / "sa.json"
+    creds.write_text(
+        json.dumps(
+            {"private_key": f"-----BEGIN PRIVATE KEY-----\n{key_body}\n-----END PRIVATE KEY-----\n"}
+        )
+    )
+    monkeypatch.setenv("ITRESUME_CLIENT_KEY", "K3y/with+chars")
+    monkeypatch.setenv("ITRESUME_SMTP_PASSWORD", "smtp-Пароль")
+    monkeypatch.setenv("ITRESUME_SHEETS_CREDENTIALS", str(creds))
+    text = (
+        "echo K3y/with+chars and url-encoded K3y%2Fwith%2Bchars; "
+        f"pw smtp-Пароль; key line {key_body}"
+    )
+    out = redact(text)
+    for secret in ("K3y/with+chars", "K3y%2Fwith%2Bchars", "smtp-Пароль", key_body):
+        assert secret not in out
+    assert out.count("***") == 4
+    assert redact("x", secrets=["abc-extra"]) == "x"
+    assert redact("has abc-extra", secrets=["abc-extra"]) == "has ***"
+
+
+def test_redact_never_raises() -> None:
+    class Bad:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    assert redact(None) == ""
+    assert redact(Bad()) == "[redaction failed; text withheld]"
+    assert redact(12345) == "12345"
+    os.environ.pop("ITRESUME_SHEETS_CREDENTIALS", None)
+    assert redact("plain text") == "plain text"
