@@ -46,9 +46,7 @@ METRIC_COLUMNS = ("attempts", "successful_attempts", "unique_users")
     ),
     description="Per day: attempts, successful attempts (is_correct) and unique users.",
 )
-def daily_metrics(
-    context: AssetExecutionContext, warehouse: PostgresResource
-) -> MaterializeResult:
+def daily_metrics(context: AssetExecutionContext, warehouse: PostgresResource) -> MaterializeResult:
     days = days_in_window(context.partition_time_window)
     context.log.info(f"metrics started: {describe_days(days)}")
     began = time.perf_counter()
