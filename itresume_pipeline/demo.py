@@ -88,6 +88,7 @@ def _print_report(first, last, dagster_home, run_id: str) -> None:
     print("outputs:")
     print(f"  landing files   {landing_path(first).parent}/<day>.json.gz")
     print(f"  PostgreSQL      {warehouse.location}: attempts, attempts_rejected, daily_metrics")
+    print(f"  report sheet    {defs.resources['sheets'].describe()}")
     print(f"  Dagster run     {run_id} (instance {dagster_home})")
     print(f"  ITRESUME_HOME   {settings.home()}")
 

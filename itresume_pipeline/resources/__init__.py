@@ -13,6 +13,7 @@ from dagster import EnvVar
 from itresume_pipeline.resources.api import ItResumeApiResource
 from itresume_pipeline.resources.mail import MailResource
 from itresume_pipeline.resources.postgres import PostgresResource
+from itresume_pipeline.resources.sheets import SheetsResource
 
 
 def build_resources() -> dict[str, object]:
@@ -22,5 +23,6 @@ def build_resources() -> dict[str, object]:
             client_key=EnvVar("ITRESUME_CLIENT_KEY"),
         ),
         "warehouse": PostgresResource(),
+        "sheets": SheetsResource(),
         "mail": MailResource.from_env(),
     }
