@@ -198,7 +198,6 @@ def _known_shape(text: str) -> tuple[str, str, str | None] | None:
     if (
         len(text) > MAX_FIELD_CHARS
         or not text.isascii()
-        or "\\" in text
         or "\n" in text
         or "\r" in text
         or "\t" in text
