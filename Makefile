@@ -21,8 +21,14 @@ install: $(STAMP)
 demo: $(STAMP)  ## the main job on embedded defaults: simulator + embedded PostgreSQL, last 7 days
 	$(BIN)/itresume-demo
 
+dev: $(STAMP)  ## Dagster UI + daemon on the demo environment: http://127.0.0.1:3000 (DAGSTER_PORT)
+	$(BIN)/itresume-dev
+
 test: $(STAMP)  ## the whole suite (uses ITRESUME_TEST_DATABASE_URL, else an embedded PostgreSQL)
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)  ## issue 5 targets in one run: own ingest vs server COPY vs naive, RSS, metrics, backfill
+	$(BIN)/python -m benchmarks.ingest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,8 +42,7 @@ def main() -> int:
         today = datetime.now(UTC).date()
         first, last = today - timedelta(days=DEMO_DAYS), today - timedelta(days=1)
         print(f"materializing {first} .. {last} through Dagster (one run) ...")
-        dagster_home = home / "dagster-demo"
-        dagster_home.mkdir(parents=True, exist_ok=True)
+        dagster_home = _demo_instance_dir(home)
         instance = DagsterInstance.from_config(str(dagster_home))
         result = defs.resolve_job_def(DAILY_JOB_NAME).execute_in_process(
             instance=instance,
@@ -60,6 +59,19 @@ def main() -> int:
         _print_report(first, last, dagster_home, result.run_id)
     print(f"done in {time.perf_counter() - began:.1f} s")
     return 0
+
+
+def _demo_instance_dir(home):
+    """A local (SQLite) Dagster instance that keeps the demo's runs and writes dated log files."""
+    import yaml
+
+    from itresume_pipeline.logs import python_logs_settings
+
+    dagster_home = home / "dagster-demo"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    config = {"python_logs": python_logs_settings(), "telemetry": {"enabled": False}}
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    return dagster_home
 
 
 def _database_description() -> str:
@@ -90,6 +102,7 @@ def _print_report(first, last, dagster_home, run_id: str) -> None:
     print(f"  PostgreSQL      {warehouse.location}: attempts, attempts_rejected, daily_metrics")
     print(f"  report sheet    {defs.resources['sheets'].describe()}")
     print(f"  Dagster run     {run_id} (instance {dagster_home})")
+    print(f"  log files       {settings.log_dir()}/<today>.txt")
     print(f"  ITRESUME_HOME   {settings.home()}")
 
 

@@ -8,18 +8,22 @@ file and copied after the attempts, since one connection runs one COPY at a time
 
 from __future__ import annotations
 
+import io
+import queue
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import BinaryIO
 
 import psycopg
 from psycopg.copy import QueuedLibpqWriter
 
 from itresume_pipeline.landing import open_payload
 from itresume_pipeline.partitions import day_bounds
-from itresume_pipeline.payload import process_day
+from itresume_pipeline.payload import DEFAULT_CHUNK_SIZE, process_day
 from itresume_pipeline.resources.postgres import PostgresResource
 
 ATTEMPT_COLUMNS = (
@@ -84,7 +88,8 @@ def _replace_day(
     )
     with (
         tempfile.TemporaryFile("w+", encoding="utf-8") as spool,
-        open_payload(path) as stream,
+        open_payload(path) as compressed,
+        _Prefetch(compressed) as stream,
         conn.cursor() as cur,
     ):
         with cur.copy(copy_attempts, writer=QueuedLibpqWriter(cur)) as copy:
@@ -104,6 +109,67 @@ def _replace_day(
                 while block := spool.read(1 << 20):
                     copy.write(block)
     return load
+
+
+class _Prefetch(io.RawIOBase):
+    """Decompress the landing file on a thread of its own, a few chunks ahead of the parser.
+
+    zlib releases the GIL while it inflates, so this overlaps the parsing instead of adding to
+    it; the bounded queue keeps memory flat.
+    """
+
+    def __init__(self, source: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE, depth: int = 3):
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._pending = b""
+        self._eof = False
+        self._thread = threading.Thread(
+            target=self._run, args=(source, chunk_size), name="itresume-inflate", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, source: BinaryIO, chunk_size: int) -> None:
+        try:
+            while not self._stop.is_set():
+                block = source.read(chunk_size)
+                self._put(block)
+                if not block:
+                    return
+        except BaseException as error:  # handed to the reader, raised there
+            self._put(error)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(1 << 30), b""))
+        if not self._pending and not self._eof:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            self._eof = not item
+            self._pending = item
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        super().close()
 
 
 def _count(load: DayLoad, batch) -> None:

@@ -184,8 +184,9 @@ _HEX32 = re.compile(r"[0-9a-f]{32}").fullmatch
 _HEX32_ANY_CASE = re.compile(r"[0-9a-fA-F]{32}").fullmatch
 # repr() of the API's dict, keys in the API's order. `_known_shape` first rules out what would
 # make a value differ from the text between its quotes (escapes, CR, LF, NUL: then literal_eval
-# decides), a tab (COPY would need escaping) and non-ASCII (lone surrogates). Those `in` tests are
-# memchr calls; the same exclusions as a regex character class cost twice the whole match.
+# decides) and a tab (COPY would need escaping); non-ASCII text (course names in Cyrillic are
+# common) is taken unless it holds a lone surrogate. Those `in` tests are memchr calls; the same
+# exclusions as a regex character class cost twice the whole match.
 _KNOWN_VALUE = r"'([^']*)'"
 _KNOWN_SHAPE = re.compile(
     rf"\{{'oauth_consumer_key': {_KNOWN_VALUE}, 'lis_result_sourcedid': {_KNOWN_VALUE}"
@@ -197,7 +198,7 @@ def _known_shape(text: str) -> tuple[str, str, str | None] | None:
     """The three values of a passback in the API's exact shape, or None."""
     if (
         len(text) > MAX_FIELD_CHARS
-        or not text.isascii()
+        or "\\" in text
         or "\n" in text
         or "\r" in text
         or "\t" in text
@@ -205,7 +206,9 @@ def _known_shape(text: str) -> tuple[str, str, str | None] | None:
     ):
         return None
     match = _KNOWN_SHAPE(text)
-    return None if match is None else match.groups()
+    if match is None or (not text.isascii() and _has_surrogate(text)):
+        return None
+    return match.groups()
 
 
 # A NamedTuple's own __new__ is a Python function; this skips that frame on the hot path.

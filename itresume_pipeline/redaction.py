@@ -8,6 +8,10 @@ Two layers, because neither is enough alone:
   password, the Sheets service-account key, database passwords), wherever they appear, even
   without a telltale key name, e.g. inside an exception message that echoes a request body.
 
+`RedactingFilter` applies `redact` to third-party loggers that write secrets into their own
+messages (urllib3 logs request URLs, query string included, at DEBUG); importing this module
+installs it on them.
+
 `redact` never raises: if anything inside it fails, it returns a placeholder rather than the
 unredacted text, because a redaction bug must not leak a secret nor hide the original error.
 """
@@ -15,6 +19,7 @@ unredacted text, because a redaction bug must not leak a secret nor hide the ori
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -169,3 +174,39 @@ def redact(text: object, *, secrets: Iterable[str] = ()) -> str:
         return _apply_patterns(value)
     except Exception:  # never raise: see the module docstring
         return _FAILED
+
+
+class RedactingFilter(logging.Filter):
+    """Passes every record, with its message run through `redact` before any handler sees it.
+
+    For third-party loggers that write secrets into their own messages, beyond the reach of our
+    handlers' redaction: a Dagster instance that captures such a logger stores its records in
+    the event log verbatim.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to logging's own error handling
+            return True
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
+
+
+#: Loggers known to put request URLs, query string and so the API key included, in messages:
+#: urllib3 logs every request line at DEBUG.
+URL_LOGGERS: tuple[str, ...] = ("urllib3.connectionpool",)
+
+
+def install_log_redaction(names: Iterable[str] = URL_LOGGERS) -> None:
+    """Attach a `RedactingFilter` to each named logger, once. Cheap: a logger runs its filters
+    only for records it is enabled for, and these log at DEBUG."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
+install_log_redaction()  # on import: the API client, whose URLs carry the key, imports this module

@@ -84,7 +84,9 @@ def _download_days(api: ItResumeApiResource, days: list[date]) -> dict[date, Dow
 
     def fetch(day: date) -> Download:
         start, end = day_bounds(day)
-        return api.download(start, end, temps[day], validate=_count_landing_records)
+        # The body is checked (a complete JSON array) and counted as it streams in, while
+        # another thread compresses it: no second pass over the landing file.
+        return api.download(start, end, temps[day], validate_stream=count_records)
 
     workers = max(1, min(api.max_concurrent_requests, len(days)))
     try:

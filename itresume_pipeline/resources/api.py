@@ -10,15 +10,19 @@ the full URL with its query string.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+import queue
 import random
+import threading
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import urlencode
 
 import requests
@@ -111,13 +115,21 @@ class ItResumeApiResource(ConfigurableResource):
         end: datetime,
         dest: Path,
         validate: Callable[[Path], int] | None = None,
+        *,
+        validate_stream: Callable[[BinaryIO], int] | None = None,
     ) -> Download:
         """Stream the window's payload into `dest` (gzip), retrying what a retry can fix.
 
         `validate` reads the written file and returns its record count, or raises ValueError for
         a body that is not a complete payload (an HTML error page, a cut-off array). Such a body
         is retried like a 5xx: proxies in front of APIs produce them transiently.
+
+        `validate_stream` does the same while the body arrives: it reads the raw body (a binary
+        stream) to its end, while another thread hashes and compresses it. That saves reading
+        the file back, and the checking overlaps the compression on a second core.
         """
+        if validate is not None and validate_stream is not None:
+            raise ValueError("pass validate or validate_stream, not both")
         self._require_credentials()
         shown_url = self.redacted_url(start, end)
         began = time.perf_counter()
@@ -125,8 +137,9 @@ class ItResumeApiResource(ConfigurableResource):
         while True:
             attempt += 1
             try:
-                size, digest = self._download_once(start, end, dest)
-                records = self._validated(dest, validate)
+                size, digest, records = self._download_once(start, end, dest, validate_stream)
+                if validate_stream is None:
+                    records = self._validated(dest, validate)
             except ApiError as error:
                 if not error.retryable:
                     raise
@@ -194,7 +207,13 @@ class ItResumeApiResource(ConfigurableResource):
             text = text.replace(self.client_key, "***")
         return redact(text)
 
-    def _download_once(self, start: datetime, end: datetime, dest: Path) -> tuple[int, str]:
+    def _download_once(
+        self,
+        start: datetime,
+        end: datetime,
+        dest: Path,
+        validate_stream: Callable[[BinaryIO], int] | None = None,
+    ) -> tuple[int, str, int]:
         try:
             response = requests.get(
                 self._url(start, end, key=self.client_key),
@@ -210,13 +229,36 @@ class ItResumeApiResource(ConfigurableResource):
         with response:
             self._raise_for_status(response)
             try:
-                return _stream_to_gzip(response, dest)
+                if validate_stream is None:
+                    return (*_stream_to_gzip(response, dest), -1)
+                return self._stream_validated(response, dest, validate_stream)
             except requests.RequestException as error:
                 raise ApiError(
                     "IT Resume API response broke off mid-body: "
                     f"{type(error).__name__}: {self._clean(str(error))}",
                     retryable=True,
                 ) from None
+
+    def _stream_validated(
+        self,
+        response: requests.Response,
+        dest: Path,
+        validate_stream: Callable[[BinaryIO], int],
+    ) -> tuple[int, str, int]:
+        writer = _GzipWriterThread(dest)
+        body = _TeeReader(response.iter_content(STREAM_CHUNK_BYTES), writer.put)
+        try:
+            try:
+                records = validate_stream(body)
+            except ValueError as error:
+                raise ApiError(
+                    f"IT Resume API sent an invalid payload: {self._clean(str(error))}",
+                    retryable=True,
+                ) from None
+            body.drain()  # a validator may stop early; the landing copy must be whole
+        finally:
+            size, digest = writer.close()
+        return size, digest, records
 
     def _validated(self, dest: Path, validate: Callable[[Path], int] | None) -> int:
         if validate is None:
@@ -273,6 +315,94 @@ def _stream_to_gzip(response: requests.Response, dest: Path) -> tuple[int, str]:
             out.write(compressor.compress(chunk))
         out.write(compressor.flush())
     return size, digest.hexdigest()
+
+
+class _TeeReader(io.RawIOBase):
+    """The response body as a readable binary stream; every chunk is also handed to `sink`."""
+
+    def __init__(self, chunks: Iterator[bytes], sink: Callable[[bytes], None]) -> None:
+        self._chunks = chunks
+        self._sink = sink
+        self._pending = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _next(self) -> bytes:
+        for chunk in self._chunks:
+            if chunk:
+                self._sink(chunk)
+                return chunk
+        self._done = True
+        return b""
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [self._pending, *iter(self._next, b"")]
+            self._pending = b""
+            return b"".join(parts)
+        if not self._pending and not self._done:
+            self._pending = self._next()
+        data, self._pending = self._pending[:size], self._pending[size:]
+        return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        while self._next():
+            pass
+
+
+class _GzipWriterThread:
+    """Hash, compress and write chunks on a thread of its own.
+
+    sha256 and zlib release the GIL on large buffers, so this runs on the second core while the
+    caller's thread parses the same bytes. A bounded queue keeps memory flat.
+    """
+
+    def __init__(self, dest: Path) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+        self._digest = hashlib.sha256()
+        self._size = 0
+        self._error: BaseException | None = None
+        self._out = open(dest, "wb")  # noqa: SIM115 - closed by close()
+        self._thread = threading.Thread(target=self._run, name="itresume-gzip", daemon=True)
+        self._thread.start()
+
+    def put(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def _run(self) -> None:
+        # Level 1: the landing copy is for replay; higher levels cost more CPU than they save.
+        compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep draining so put() never blocks forever
+            try:
+                self._size += len(chunk)
+                self._digest.update(chunk)
+                self._out.write(compressor.compress(chunk))
+            except BaseException as error:  # reported to the caller by put() or close()
+                self._error = error
+        if self._error is None:
+            try:
+                self._out.write(compressor.flush())
+            except BaseException as error:
+                self._error = error
+
+    def close(self) -> tuple[int, str]:
+        self._queue.put(None)
+        self._thread.join()
+        self._out.close()
+        if self._error is not None:
+            raise self._error
+        return self._size, self._digest.hexdigest()
 
 
 def _short_body(response: requests.Response, limit: int = 300) -> str:

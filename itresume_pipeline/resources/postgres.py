@@ -76,7 +76,7 @@ class PostgresResource(ConfigurableResource):
             conn = psycopg.connect(
                 conninfo, autocommit=autocommit, connect_timeout=self.connect_timeout_s
             )
-        except psycopg.OperationalError as error:
+        except psycopg.Error as error:  # ProgrammingError too: a malformed URI, quoted whole
             raise WarehouseError(
                 f"cannot connect to PostgreSQL at {redact(conninfo)}: {redact(str(error))}"
             ) from None

@@ -1,0 +1,475 @@
+"""parsing.py: passback_params, record validation and COPY lines, against plain references."""
+
+from __future__ import annotations
+
+import ast
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from itresume_pipeline.parsing import (
+    MAX_FIELD_CHARS,
+    Attempt,
+    PassbackError,
+    RejectedRecord,
+    _reference_attempt,
+    parse_passback,
+    to_copy_line,
+    to_row,
+    validate_record,
+)
+
+USER = "0123456789abcdef0123456789abcdef"
+SOURCEDID = f"course-v1:SkillFactory+DST-3.0+28FEB2021:lms.skillfactory.ru-{'a' * 32}:{USER}"
+URL = "https://lms.skillfactory.ru/courses/course-v1:SkillFactory+DST-3.0/xblock/grade_handler"
+PASSBACK = {
+    "oauth_consumer_key": "",
+    "lis_result_sourcedid": SOURCEDID,
+    "lis_outcome_service_url": URL,
+}
+
+# Text that stresses both the fast scanner and the COPY escaping: quotes of both kinds,
+# backslashes, control characters (tab, CR, LF, NUL, form feed), Cyrillic, emoji, `},`.
+TRICKY = st.text(
+    alphabet="ab:/-+ {}[],'\"\\\t\n\r\x00\x0b\x0c\x85\u2028юзерЁё😀\u200b",
+    max_size=20,
+)
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def record(**changes: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "lti_user_id": USER,
+        "passback_params": repr(PASSBACK),
+        "is_correct": 1,
+        "attempt_type": "submit",
+        "created_at": "2024-10-08 12:34:56.123456",
+    }
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not DROP}
+
+
+DROP = object()
+
+
+def reject_reason(rec: object) -> str:
+    with pytest.raises(RejectedRecord) as info:
+        validate_record(rec)
+    return info.value.reason
+
+
+def checked_literal(text: str) -> dict[str, str | None] | None:
+    """What parse_passback must return: literal_eval's dict of str -> str/None, else None."""
+    try:
+        value = ast.literal_eval(text)
+    except Exception:
+        return None
+    if type(value) is not dict:
+        return None
+    if all(type(k) is str and (v is None or type(v) is str) for k, v in value.items()):
+        return value
+    return None
+
+
+# --------------------------------------------------------------------------- parse_passback
+def test_parse_passback_takes_the_api_shape() -> None:
+    assert parse_passback(repr(PASSBACK)) == PASSBACK
+
+
+def test_parse_passback_apostrophe_value_comes_double_quoted() -> None:
+    text = """{'oauth_consumer_key': '', 'lis_result_sourcedid': "course-v1:x+y+z:host-abc:it's"}"""
+    assert parse_passback(text)["lis_result_sourcedid"] == "course-v1:x+y+z:host-abc:it's"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("{}", {}),
+        ("{'a': None}", {"a": None}),
+        ("{'a': 'x\\ty', \"b\": 'it\\'s'}", {"a": "x\ty", "b": "it's"}),
+        ("  {'a' :'b' ,}", {"a": "b"}),
+        ("{'a': 'b' 'c'}", {"a": "bc"}),
+        ("{'a': '1', 'a': '2'}", {"a": "2"}),
+        ("{'''a''': '''b'''}", {"a": "b"}),
+        ("{'a': '\\u044e\\x00'}", {"a": "ю\x00"}),
+    ],
+)
+def test_parse_passback_unusual_but_valid_literals(text: str, expected: dict) -> None:
+    assert parse_passback(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "not a Python literal"),
+        ("{'a': 'b'", "not a Python literal"),
+        ('{"a": "b"} {', "not a Python literal"),
+        ("['a', 'b']", "expected a dict literal, got list"),
+        ("{1: 'b'}", "expected string keys, got int"),
+        ("{'a': 1}", "'a': expected a string or None, got int"),
+        ("{'a': b'x'}", "'a': expected a string or None, got bytes"),
+        ("{'a': f'x'}", "not a Python literal"),
+        ("{'a': 'x\x00'}", "contains a NUL character"),
+        ("{'a': '\ud800'}", "UnicodeEncodeError"),
+        ("{'a': 'x\ny'}", "not a Python literal"),
+        ("{'a': '" + "x" * MAX_FIELD_CHARS + "'}", "longer than 10000 characters"),
+        ("{'a': 'b' # }", "not a Python literal"),
+    ],
+)
+def test_parse_passback_rejects_with_a_reason(text: str, reason: str) -> None:
+    with pytest.raises(PassbackError) as info:
+        parse_passback(text)
+    assert reason in info.value.reason
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "__import__('os').system('touch {path}')",
+        "{{'a': __import__('os').system('touch {path}')}}",
+        "{{'a': (lambda: __import__('os').system('touch {path}'))()}}",
+        "[c for c in ().__class__.__base__.__subclasses__()] or open('{path}', 'w')",
+    ],
+)
+def test_parse_passback_never_executes_code(tmp_path: Path, template: str) -> None:
+    marker = tmp_path / "executed"
+    with pytest.raises(PassbackError):
+        parse_passback(template.format(path=marker))
+    assert not marker.exists()
+
+
+@SETTINGS
+@given(st.dictionaries(TRICKY, TRICKY | st.none(), max_size=5))
+def test_parse_passback_of_any_repr_equals_literal_eval(d: dict[str, str | None]) -> None:
+    text = repr(d)
+    assert parse_passback(text) == ast.literal_eval(text) == d
+
+
+# fmt: off
+PIECES = st.sampled_from([
+    "{", "}", "'", '"', ": ", ":", ", ", ",", " ", "a", "b", "\\", "\\'", "\n", "\t",
+    "\x00", "None", "1", "#", "(", ")", "ю", "'''", "b'", "f'", "\ud800",
+])
+# fmt: on
+
+
+@SETTINGS
+@given(st.lists(PIECES, max_size=14).map("".join) | st.text(max_size=30))
+def test_parse_passback_fuzz_matches_checked_literal_eval(text: str) -> None:
+    """Any text: the same dict literal_eval would give, or PassbackError; nothing else."""
+    expected = checked_literal(text)
+    if expected is None:
+        with pytest.raises(PassbackError):
+            parse_passback(text)
+    else:
+        assert parse_passback(text) == expected
+
+
+@SETTINGS
+@given(st.lists(st.tuples(TRICKY, TRICKY), max_size=4), st.sampled_from(["'", '"']))
+def test_parse_passback_fuzz_of_near_repr_shapes(pairs: list, quote: str) -> None:
+    """Hand-quoted (not repr) dicts: raw control characters, unbalanced quotes and so on."""
+    body = ", ".join(f"{quote}{k}{quote}: {quote}{v}{quote}" for k, v in pairs)
+    text = "{" + body + "}"
+    expected = checked_literal(text)
+    if expected is None:
+        with pytest.raises(PassbackError):
+            parse_passback(text)
+    else:
+        assert parse_passback(text) == expected
+
+
+def test_parse_passback_survives_deep_nesting() -> None:
+    for text in ["{'a': " + "(" * 500 + ")" * 500 + "}", "-" * 5000 + "1", "[" * 5000]:
+        with pytest.raises(PassbackError):
+            parse_passback(text)
+
+
+# --------------------------------------------------------------------------- validate_record
+def test_validate_record_of_the_api_shape() -> None:
+    assert validate_record(record()) == Attempt(
+        user_id=USER,
+        oauth_consumer_key="",
+        lis_result_sourcedid=SOURCEDID,
+        lis_outcome_service_url=URL,
+        is_correct=True,
+        attempt_type="submit",
+        created_at=datetime(2024, 10, 8, 12, 34, 56, 123456),
+    )
+
+
+def test_validate_record_missing_passback_keys_are_null_and_extras_ignored() -> None:
+    params = repr({"oauth_consumer_key": "k", "something_else": "x"})
+    attempt = validate_record(record(passback_params=params, extra_field=[1, 2]))
+    assert attempt.oauth_consumer_key == "k"
+    assert attempt.lis_result_sourcedid is None
+    assert attempt.lis_outcome_service_url is None
+
+
+def test_raw_tabs_in_passback_values_are_escaped_for_copy() -> None:
+    """A tab needs no escape in a Python literal, so it arrives raw and COPY must escape it."""
+    for quote in ("'", '"'):
+        params = f"{{'oauth_consumer_key': {quote}a\tb{quote}, 'lis_result_sourcedid': 'x\ty'}}"
+        attempt, line = to_row(record(passback_params=params))
+        assert attempt.oauth_consumer_key == "a\tb"
+        assert decode_copy_line(line)[:3] == [USER, "a\tb", "x\ty"]
+
+
+def test_validate_record_run_with_null_and_uppercase_user() -> None:
+    attempt = validate_record(record(attempt_type="run", is_correct=None, lti_user_id=USER.upper()))
+    assert (attempt.attempt_type, attempt.is_correct, attempt.user_id) == ("run", None, USER)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(None, None), (0, False), (1, True), (False, False), (True, True)],
+)
+def test_validate_record_is_correct_values(value: object, expected: bool | None) -> None:
+    for kind in ("run", "submit"):
+        assert validate_record(record(is_correct=value, attempt_type=kind)).is_correct is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2024-10-08 12:34:56", datetime(2024, 10, 8, 12, 34, 56)),
+        ("2024-10-08T12:34:56.5", datetime(2024, 10, 8, 12, 34, 56, 500000)),
+        ("2024-10-08 12:34:56.000123", datetime(2024, 10, 8, 12, 34, 56, 123)),
+        ("2024-02-29 23:59:59.999999", datetime(2024, 2, 29, 23, 59, 59, 999999)),
+    ],
+)
+def test_validate_record_timestamps(text: str, expected: datetime) -> None:
+    attempt, line = to_row(record(created_at=text))
+    assert attempt.created_at == expected
+    assert attempt.created_at.tzinfo is None
+    assert line.endswith("\t" + expected.isoformat(" ", "microseconds") + "\n")
+
+
+BAD = [
+    ("record", "not a dict"),
+    ("record", ["a", "list"]),
+    ("record", None),
+    ("lti_user_id", record(lti_user_id=DROP)),
+    ("lti_user_id", record(lti_user_id=None)),
+    ("lti_user_id", record(lti_user_id=12345)),
+    ("lti_user_id", record(lti_user_id="XYZ")),
+    ("lti_user_id", record(lti_user_id=USER + "0")),
+    ("lti_user_id", record(lti_user_id=USER[:-1] + "g")),
+    ("lti_user_id", record(lti_user_id=USER[:-1] + "\x00")),
+    ("lti_user_id", record(lti_user_id="٣" * 32)),
+    ("attempt_type", record(attempt_type=DROP)),
+    ("attempt_type", record(attempt_type="RUN")),
+    ("attempt_type", record(attempt_type=["run"])),
+    ("is_correct", record(is_correct=DROP)),
+    ("is_correct", record(is_correct=2)),
+    ("is_correct", record(is_correct=1.0)),
+    ("is_correct", record(is_correct="1")),
+    ("created_at", record(created_at=DROP)),
+    ("created_at", record(created_at=1728390896)),
+    ("created_at", record(created_at="2024-02-30 00:00:00")),
+    ("created_at", record(created_at="2024-10-08 25:00:00")),
+    ("created_at", record(created_at="2024-10-08 12:60:00")),
+    ("created_at", record(created_at="2024-10-08 12:00:00+03:00")),
+    ("created_at", record(created_at="2024-10-08 12:00:00Z")),
+    ("created_at", record(created_at="2024-10-08")),
+    ("created_at", record(created_at="2024-10-08 12:00:00.1234567")),
+    ("created_at", record(created_at="2024-1-08 12:00:00")),
+    ("created_at", record(created_at="２０２４-10-08 12:00:00")),
+    ("created_at", record(created_at="0000-10-08 12:00:00")),
+    ("created_at", record(created_at="2024-10-08 12:00:00\x00")),
+    ("passback_params", record(passback_params=DROP)),
+    ("passback_params", record(passback_params=PASSBACK)),
+    ("passback_params", record(passback_params="{'a': 'b'")),
+    ("passback_params", record(passback_params="{'a': 1}")),
+    ("passback_params", record(passback_params="x" * (MAX_FIELD_CHARS + 1))),
+    ("passback_params", record(passback_params=repr({"a": "b" * MAX_FIELD_CHARS}))),
+    ("passback_params", record(passback_params="{'a': 'b'}\x00")),
+    ("passback_params", record(passback_params=repr(PASSBACK).replace("', '", "\x00', '", 1))),
+    ("passback_params", record(passback_params=repr(PASSBACK).replace("', '", "\n', '", 1))),
+    ("passback_params", record(passback_params=repr(PASSBACK).replace("', '", "\ud800', '", 1))),
+    ("passback_params.lis_result_sourcedid", record(passback_params=repr({
+        "lis_result_sourcedid": "a\x00b"}))),
+    ("passback_params.oauth_consumer_key", record(
+        passback_params="{'oauth_consumer_key': '\\ud800'}")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("field", "rec"), BAD)
+def test_validate_record_names_the_bad_field(field: str, rec: object) -> None:
+    with pytest.raises(RejectedRecord) as info:
+        validate_record(rec)
+    assert info.value.field == field
+    assert info.value.reason.startswith(field + ": ")
+    with pytest.raises(RejectedRecord) as ref:
+        _reference_attempt(rec)
+    assert ref.value.field == field
+
+
+def test_rejection_reasons_are_precise_and_short() -> None:
+    assert reject_reason(record(lti_user_id="XYZ")) == (
+        "lti_user_id: expected 32 lowercase hex characters, got 'XYZ'"
+    )
+    assert reject_reason(record(attempt_type=None)) == "attempt_type: expected a string, got null"
+    assert reject_reason(record(is_correct=DROP)) == "is_correct: missing"
+    assert reject_reason(record(is_correct=7)) == (
+        "is_correct: expected 0, 1, true, false or null, got 7"
+    )
+    assert "day is out of range" in reject_reason(record(created_at="2024-02-30 00:00:00"))
+    long = reject_reason(record(lti_user_id="Z" * 5000))
+    assert len(long) < 120 and long.endswith("…")
+    nul = reject_reason(record(passback_params=repr({"oauth_consumer_key": "\x00"})))
+    assert "NUL" in nul and "\x00" not in nul
+
+
+# --------------------------------------------------------------------------- COPY lines
+def test_to_copy_line_exact() -> None:
+    attempt = Attempt(USER, "", None, "u\\r\tl\n\r", None, "run", datetime(2024, 1, 2, 3, 4, 5))
+    assert to_copy_line(attempt) == (
+        f"{USER}\t\t\\N\tu\\\\r\\tl\\n\\r\t\\N\trun\t2024-01-02 03:04:05.000000\n"
+    )
+    flags = [to_copy_line(attempt._replace(is_correct=v)).split("\t")[4] for v in (True, False)]
+    assert flags == ["t", "f"]
+
+
+def decode_copy_line(line: str) -> list[str | None]:
+    """An independent reader of COPY text format (as PostgreSQL would read the line)."""
+    assert line.endswith("\n") and "\n" not in line[:-1] and "\r" not in line
+    fields: list[str | None] = []
+    for raw in line[:-1].split("\t"):
+        if raw == "\\N":
+            fields.append(None)
+            continue
+        out, chars = [], iter(raw)
+        for ch in chars:
+            if ch == "\\":
+                nxt = next(chars)
+                out.append({"t": "\t", "n": "\n", "r": "\r", "\\": "\\"}[nxt])
+            else:
+                out.append(ch)
+        fields.append("".join(out))
+    return fields
+
+
+ATTEMPTS = st.builds(
+    Attempt,
+    user_id=st.just(USER),
+    oauth_consumer_key=TRICKY.filter(lambda s: "\x00" not in s) | st.none(),
+    lis_result_sourcedid=TRICKY.filter(lambda s: "\x00" not in s) | st.none(),
+    lis_outcome_service_url=TRICKY.filter(lambda s: "\x00" not in s) | st.none(),
+    is_correct=st.sampled_from([None, True, False]),
+    attempt_type=st.sampled_from(["run", "submit"]),
+    created_at=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+)
+
+
+@SETTINGS
+@given(ATTEMPTS)
+def test_copy_line_round_trips_through_a_copy_reader(a: Attempt) -> None:
+    fields = decode_copy_line(to_copy_line(a))
+    flag = None if a.is_correct is None else ("t" if a.is_correct else "f")
+    t = a.created_at
+    stamp = (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond:06d}"
+    )
+    assert fields == [*a[:4], flag, a.attempt_type, stamp]
+
+
+# --------------------------------------------------------------------------- fast vs reference
+HEX = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
+TIMESTAMPS = st.datetimes(min_value=datetime(2024, 10, 7, 23), max_value=datetime(2024, 10, 9, 1))
+
+
+@st.composite
+def timestamp_texts(draw: st.DrawFn) -> str:
+    moment = draw(TIMESTAMPS)
+    sep = draw(st.sampled_from([" ", "T"]))
+    text = moment.strftime(f"%Y-%m-%d{sep}%H:%M:%S")
+    digits = draw(st.sampled_from([0, 6, 6, 6, 1, 3]))
+    if digits:
+        text += "." + f"{moment.microsecond:06d}"[:digits]
+    edges = ["2024-10-08 00:00:00.000000", "2024-10-09 00:00:00.000000", "2024-10-08 00:00:00"]
+    edges += ["2024-10-07 23:59:59.999999", "2024-10-08 23:59:59.999999", "2024-10-08T23:59:59"]
+    return draw(st.sampled_from(edges)) if draw(st.integers(0, 5)) == 0 else text
+
+
+@st.composite
+def passbacks(draw: st.DrawFn) -> str:
+    if draw(st.integers(0, 4)) == 0:  # the API's shape quoted by hand: raw control characters
+        key, sourcedid = draw(TRICKY), draw(TRICKY)
+        return f"{{'oauth_consumer_key': '{key}', 'lis_result_sourcedid': '{sourcedid}'}}"
+    user = draw(HEX)
+    params: dict[str, str | None] = {}
+    if draw(st.booleans()):
+        params["oauth_consumer_key"] = draw(st.sampled_from(["", "key"]) | TRICKY)
+    params["lis_result_sourcedid"] = f"course-v1:o+c+r:host-{'b' * 32}:{user}" + draw(
+        st.sampled_from(["", "", "it's", 'say "hi"', "\\", "},{", "ю"]) | TRICKY
+    )
+    if draw(st.booleans()):
+        params["lis_outcome_service_url"] = draw(st.sampled_from([URL, None]) | TRICKY)
+    if draw(st.integers(0, 9)) == 0:
+        params["extra"] = draw(TRICKY)
+    items = list(params.items())
+    if draw(st.integers(0, 5)) == 0:
+        items.reverse()
+    return repr(dict(items))
+
+
+# fmt: off
+BAD_TIMESTAMPS = [
+    "2024-02-30 00:00:00", "", "2024-10-08", None, "x" * 20000, "2024-10-08 12:00:00+00:00",
+    "2024-02-30 00:00:00.000000", "2023-02-29 12:00:00.000000", "2024-10-08 24:00:00.000000",
+    "2024-13-08 12:00:00.000000", "2024-10-08 12:00:60.000000", "2024-10-08 12:00:00.00000Z",
+]
+# fmt: on
+BAD_VALUES = {
+    "lti_user_id": st.sampled_from([None, "XYZ", 1, USER.upper() + "0", USER[:-1] + "\x00"]),
+    "attempt_type": st.sampled_from([None, "RUN", "", "submit\x00", 0]),
+    "is_correct": st.sampled_from([2, -1, 1.0, "1", [], {}]),
+    "created_at": st.sampled_from(BAD_TIMESTAMPS),
+    "passback_params": st.sampled_from(["{", "{'a': 1}", "[]", None, "{'a': 'b'}\x00", "x" * 20000])
+    | TRICKY,
+}
+
+
+@st.composite
+def records(draw: st.DrawFn) -> object:
+    """Mostly valid records of the API's shape; some with one bad or missing field."""
+    kind = draw(st.integers(0, 19))
+    if kind == 0:
+        return draw(st.sampled_from(["text", 12, None, [1, 2], {"nested": {"x": 1}}, True]))
+    rec: dict[str, object] = {
+        "lti_user_id": draw(HEX) if draw(st.integers(0, 9)) else draw(HEX).upper(),
+        "passback_params": draw(passbacks()),
+        "is_correct": draw(st.sampled_from([None, 0, 1, True, False])),
+        "attempt_type": draw(st.sampled_from(["run", "submit"])),
+        "created_at": draw(timestamp_texts()),
+    }
+    if kind <= 4:
+        name = draw(st.sampled_from(sorted(BAD_VALUES)))
+        if draw(st.booleans()):
+            del rec[name]
+        else:
+            rec[name] = draw(BAD_VALUES[name])
+    if kind == 5:
+        rec["unexpected"] = draw(TRICKY)
+    return rec
+
+
+@SETTINGS
+@given(records())
+def test_validate_record_agrees_with_the_reference(rec: object) -> None:
+    try:
+        expected = _reference_attempt(rec)
+    except RejectedRecord as ref:
+        with pytest.raises(RejectedRecord) as info:
+            to_row(rec)
+        assert info.value.field == ref.field
+        assert "\x00" not in info.value.reason
+        return
+    attempt, line = to_row(rec)
+    assert attempt == expected
+    assert line == to_copy_line(expected)

@@ -1,0 +1,114 @@
+"""The daily schedule: which partition a tick asks for, its tags, and the cron setting."""
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from dagster import (
+    DagsterInvalidDefinitionError,
+    DefaultScheduleStatus,
+    build_schedule_context,
+)
+
+from itresume_pipeline import defs
+from itresume_pipeline.jobs import API_CONCURRENCY_TAG, DAILY_JOB_NAME
+from itresume_pipeline.schedules import (
+    DEFAULT_CRON,
+    MAX_RETRIES_TAG,
+    SCHEDULE_NAME,
+    build_daily_schedule,
+    partition_for_tick,
+)
+
+MOSCOW = timezone(timedelta(hours=3))
+
+
+def tick(scheduled: datetime):
+    schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
+    context = build_schedule_context(
+        scheduled_execution_time=scheduled, repository_def=defs.get_repository_def()
+    )
+    return schedule.evaluate_tick(context)
+
+
+def test_a_tick_requests_yesterdays_partition_with_retries():
+    result = tick(datetime(2024, 10, 9, 1, 0, tzinfo=UTC))
+    assert len(result.run_requests) == 1
+    request = result.run_requests[0]
+    assert request.partition_key == "2024-10-08"
+    assert request.run_key == "2024-10-08"
+    assert request.tags[MAX_RETRIES_TAG] == "2"
+
+
+@pytest.mark.parametrize(
+    ("scheduled", "partition"),
+    [
+        (datetime(2024, 10, 9, 0, 0, tzinfo=UTC), "2024-10-08"),
+        (datetime(2024, 10, 9, 23, 59, tzinfo=UTC), "2024-10-08"),
+        (datetime(2024, 3, 1, 1, 0, tzinfo=UTC), "2024-02-29"),  # leap day
+        (datetime(2025, 1, 1, 1, 0, tzinfo=UTC), "2024-12-31"),
+        # the day is the UTC day, whatever zone the time comes in
+        (datetime(2024, 10, 9, 2, 30, tzinfo=MOSCOW), "2024-10-07"),
+        (datetime(2024, 10, 9, 3, 0, tzinfo=MOSCOW), "2024-10-08"),
+    ],
+)
+def test_partition_is_the_utc_day_before_the_tick(scheduled: datetime, partition: str):
+    assert partition_for_tick(scheduled) == partition
+    assert tick(scheduled).run_requests[0].partition_key == partition
+
+
+def test_schedule_defaults():
+    schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
+    assert schedule.job_name == DAILY_JOB_NAME
+    assert schedule.cron_schedule == DEFAULT_CRON == "0 1 * * *"
+    assert schedule.execution_timezone == "UTC"
+    assert schedule.default_status == DefaultScheduleStatus.RUNNING
+    assert [s.name for s in defs.get_repository_def().schedule_defs] == [SCHEDULE_NAME]
+
+
+def test_the_job_carries_the_api_concurrency_tag():
+    assert API_CONCURRENCY_TAG in defs.resolve_job_def(DAILY_JOB_NAME).tags
+
+
+def test_cron_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ITRESUME_SCHEDULE_CRON", "30 4 * * 1-5")
+    assert build_daily_schedule().cron_schedule == "30 4 * * 1-5"
+    monkeypatch.setenv("ITRESUME_SCHEDULE_CRON", "  ")
+    assert build_daily_schedule().cron_schedule == DEFAULT_CRON
+    assert build_daily_schedule("15 2 * * *").cron_schedule == "15 2 * * *"
+
+
+def test_an_hourly_cron_still_asks_for_yesterday():
+    schedule = build_daily_schedule("0 * * * *")
+    context = build_schedule_context(
+        scheduled_execution_time=datetime(2024, 10, 9, 17, 0, tzinfo=UTC),
+        repository_def=defs.get_repository_def(),
+    )
+    request = schedule.evaluate_tick(context).run_requests[0]
+    assert (request.partition_key, request.run_key) == ("2024-10-08", "2024-10-08")
+
+
+def test_a_bad_cron_names_the_variable(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("ITRESUME_SCHEDULE_CRON", "every day at one")
+    with pytest.raises(DagsterInvalidDefinitionError, match="ITRESUME_SCHEDULE_CRON"):
+        build_daily_schedule()
+
+
+def test_the_code_location_reads_the_cron_when_it_loads():
+    """What the daemon sees: a fresh interpreter that imports the definitions."""
+    env = {**os.environ, "ITRESUME_SCHEDULE_CRON": "45 3 * * *"}
+    code = (
+        "from itresume_pipeline.definitions import defs\n"
+        "print(defs.resolve_schedule_def('itresume_daily_schedule').cron_schedule)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "45 3 * * *"
