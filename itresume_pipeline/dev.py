@@ -118,12 +118,19 @@ def dagster_storage_url(server_uri: str, database: str = DAGSTER_DATABASE) -> st
     return url.render_as_string(hide_password=False)
 
 
+# Not at the repository root: with DAGSTER_HOME unset, Dagster's CLI reads ./dagster.yaml, and
+# this one needs DAGSTER_PG_URL, so a plain `dagster asset materialize` in the checkout would fail.
+INSTANCE_CONFIG = Path("deploy") / "dagster.yaml"
+
+
 def project_root() -> Path:
-    """The checkout holding `workspace.yaml` and the shipped `dagster.yaml`."""
+    """The checkout holding `workspace.yaml` and the shipped `deploy/dagster.yaml`."""
     for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        if (candidate / "workspace.yaml").is_file() and (candidate / "dagster.yaml").is_file():
+        if (candidate / "workspace.yaml").is_file() and (candidate / INSTANCE_CONFIG).is_file():
             return candidate
-    raise DevError("run this from the project checkout: workspace.yaml and dagster.yaml not found")
+    raise DevError(
+        f"run this from the project checkout: workspace.yaml and {INSTANCE_CONFIG} not found"
+    )
 
 
 def _load_dotenv(root: Path) -> list[str]:
@@ -144,7 +151,7 @@ def install_instance_config(root: Path, dagster_home: Path) -> Path:
     dagster_home.mkdir(parents=True, exist_ok=True)
     target = dagster_home / "dagster.yaml"
     partial = dagster_home / ".dagster.yaml.partial"
-    shutil.copyfile(root / "dagster.yaml", partial)
+    shutil.copyfile(root / INSTANCE_CONFIG, partial)
     os.replace(partial, target)
     return target
 
@@ -293,7 +300,7 @@ def _banner(env: DevEnvironment, simulator: ApiSimulator | None) -> None:
     api = f"simulator at {simulator.url}" if simulator else redact(os.environ["ITRESUME_API_URL"])
     for line in (
         f"ITRESUME_HOME   {env.home}",
-        f"DAGSTER_HOME    {env.dagster_home} (copy of {env.root / 'dagster.yaml'})",
+        f"DAGSTER_HOME    {env.dagster_home} (copy of {env.root / INSTANCE_CONFIG})",
         f"DAGSTER_PG_URL  {redact(env.dagster_pg_url)}",
         f"warehouse       {env.warehouse}",
         f"API             {api}",

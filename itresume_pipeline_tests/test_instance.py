@@ -172,9 +172,9 @@ def test_install_instance_config_follows_the_checkout(tmp_path: Path):
     home.mkdir()
     (home / "dagster.yaml").write_text("stale: true\n")
     install_instance_config(REPO, home)
-    assert (home / "dagster.yaml").read_bytes() == (REPO / "dagster.yaml").read_bytes()
+    assert (home / "dagster.yaml").read_bytes() == (REPO / "deploy" / "dagster.yaml").read_bytes()
     assert sorted(p.name for p in home.iterdir()) == ["dagster.yaml"]
-    shipped = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    shipped = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     assert shipped["storage"] == {"postgres": {"postgres_url": {"env": "DAGSTER_PG_URL"}}}
 
 
@@ -374,7 +374,7 @@ def test_make_dev_serves_the_ui_and_stops_everything(
             "run_failure_alert": "RUNNING",
         }
         home = tmp_path / "home" / "dagster"
-        assert (home / "dagster.yaml").read_bytes() == (REPO / "dagster.yaml").read_bytes()
+        assert (home / "dagster.yaml").read_bytes() == (REPO / "deploy" / "dagster.yaml").read_bytes()
         deadline = time.monotonic() + 10  # the launcher polls /server_info once a second
         while (
             f"Dagster UI ready at {url}" not in output.read_text() and time.monotonic() < deadline

@@ -297,5 +297,5 @@ def test_dagster_runs_write_the_dated_file(log_dir: Path):
 
 
 def test_the_shipped_dagster_yaml_wires_this_handler():
-    shipped = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    shipped = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     assert shipped["python_logs"] == python_logs_settings()
