@@ -106,10 +106,10 @@ def test_truncated_body_is_retried_then_reported(api, simulator, tmp_path):
 
 
 def test_invalid_payload_is_retried_via_validator(api, simulator, tmp_path):
-    from itresume_pipeline.assets.ingestion import _count_landing_records
+    from itresume_pipeline.payload import count_records
 
     simulator.inject("garbage")
-    download = api.download(DAY, NEXT_DAY, tmp_path / "d.json.gz", validate=_count_landing_records)
+    download = api.download(DAY, NEXT_DAY, tmp_path / "d.json.gz", validate_stream=count_records)
     assert download.attempts == 2
     assert download.records == len(_records(tmp_path / "d.json.gz"))
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from datetime import date, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -194,17 +193,11 @@ def seed_day(resources: dict[str, Any], day: date = DAY) -> None:
     the state a failed run must leave untouched."""
     final = landing.landing_path(day)
     temp = landing.temp_path_for(final)
-    resources["itresume_api"].download(*day_bounds(day), temp, validate=count_landing_records)
+    resources["itresume_api"].download(*day_bounds(day), temp, validate_stream=count_records)
     landing.publish(temp, final)
     replace_days(resources["warehouse"], {day: final}, run_id="seed")
     rows = upsert_daily_metrics(resources["warehouse"], day, day)
     resources["sheets"].upsert_rows(rows)
-
-
-def count_landing_records(path: Path) -> int:
-    """A landing file's records; ValueError unless it is one complete JSON array."""
-    with landing.open_payload(path) as stream:
-        return count_records(stream)
 
 
 def assert_day_complete(

@@ -374,7 +374,9 @@ def test_make_dev_serves_the_ui_and_stops_everything(
             "run_failure_alert": "RUNNING",
         }
         home = tmp_path / "home" / "dagster"
-        assert (home / "dagster.yaml").read_bytes() == (REPO / "deploy" / "dagster.yaml").read_bytes()
+        assert (home / "dagster.yaml").read_bytes() == (
+            REPO / "deploy" / "dagster.yaml"
+        ).read_bytes()
         deadline = time.monotonic() + 10  # the launcher polls /server_info once a second
         while (
             f"Dagster UI ready at {url}" not in output.read_text() and time.monotonic() < deadline

@@ -47,6 +47,7 @@ from itresume_pipeline.assets.reporting import sheets_report
 from itresume_pipeline.loading import replace_days
 from itresume_pipeline.logs import python_logs_settings
 from itresume_pipeline.partitions import day_bounds
+from itresume_pipeline.payload import count_records
 from itresume_pipeline.resources import build_resources
 from itresume_pipeline.resources.api import ItResumeApiResource
 from itresume_pipeline.resources.mail import MailDeliveryError, MailResource
@@ -58,7 +59,6 @@ from itresume_pipeline.simulator import ApiSimulator, render_day_json
 from itresume_pipeline_tests.conftest import TEST_CLIENT
 from itresume_pipeline_tests.test_faults_api import (
     DAY,
-    count_landing_records,
     failure_text,
     run_pipeline,
 )
@@ -421,7 +421,7 @@ def test_exceptions_raised_at_each_boundary_carry_no_secret(
     for fault in ("reset", "truncate", "garbage"):
         api.inject(fault)
         with pytest.raises(Exception) as info:
-            client.download(start, end, tmp_path / "x.json.gz", validate=count_landing_records)
+            client.download(start, end, tmp_path / "x.json.gz", validate_stream=count_records)
         raised[f"API {fault}"] = info.value
     slow = ItResumeApiResource(
         url=api.url, client=TEST_CLIENT, client_key=CLIENT_KEY, max_attempts=1, read_timeout_s=0.2

@@ -3,7 +3,6 @@
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
-from pathlib import Path
 
 import psycopg
 from dagster import (
@@ -108,12 +107,6 @@ def _download_days(api: ItResumeApiResource, days: list[date]) -> dict[date, Dow
         for temp in temps.values():
             landing.discard(temp)
         raise
-
-
-def _count_landing_records(path: Path) -> int:
-    """Read back what was written: a complete JSON array, or ValueError."""
-    with landing.open_payload(path) as stream:
-        return count_records(stream)
 
 
 def _downloads_table(downloads: dict[date, Download]) -> str:

@@ -114,22 +114,17 @@ class ItResumeApiResource(ConfigurableResource):
         start: datetime,
         end: datetime,
         dest: Path,
-        validate: Callable[[Path], int] | None = None,
         *,
         validate_stream: Callable[[BinaryIO], int] | None = None,
     ) -> Download:
         """Stream the window's payload into `dest` (gzip), retrying what a retry can fix.
 
-        `validate` reads the written file and returns its record count, or raises ValueError for
-        a body that is not a complete payload (an HTML error page, a cut-off array). Such a body
-        is retried like a 5xx: proxies in front of APIs produce them transiently.
-
-        `validate_stream` does the same while the body arrives: it reads the raw body (a binary
-        stream) to its end, while another thread hashes and compresses it. That saves reading
-        the file back, and the checking overlaps the compression on a second core.
+        `validate_stream` reads the raw body as it arrives and returns its record count, or
+        raises ValueError for a body that is not a complete payload (an HTML error page, a
+        cut-off array). Such a body is retried like a 5xx: proxies in front of APIs produce them
+        transiently. Meanwhile another thread hashes and compresses the body, so checking
+        overlaps compression on a second core and the file is never read back.
         """
-        if validate is not None and validate_stream is not None:
-            raise ValueError("pass validate or validate_stream, not both")
         self._require_credentials()
         shown_url = self.redacted_url(start, end)
         began = time.perf_counter()
@@ -138,8 +133,6 @@ class ItResumeApiResource(ConfigurableResource):
             attempt += 1
             try:
                 size, digest, records = self._download_once(start, end, dest, validate_stream)
-                if validate_stream is None:
-                    records = self._validated(dest, validate)
             except ApiError as error:
                 if not error.retryable:
                     raise
@@ -259,17 +252,6 @@ class ItResumeApiResource(ConfigurableResource):
         finally:
             size, digest = writer.close()
         return size, digest, records
-
-    def _validated(self, dest: Path, validate: Callable[[Path], int] | None) -> int:
-        if validate is None:
-            return -1
-        try:
-            return validate(dest)
-        except ValueError as error:
-            raise ApiError(
-                f"IT Resume API sent an invalid payload: {self._clean(str(error))}",
-                retryable=True,
-            ) from None
 
     def _raise_for_status(self, response: requests.Response) -> None:
         status = response.status_code
