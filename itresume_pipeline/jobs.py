@@ -2,7 +2,7 @@
 
 from dagster import AssetSelection, define_asset_job
 
-from itresume_pipeline.assets.ingestion import GROUP
+from itresume_pipeline.assets.common import GROUP
 
 DAILY_JOB_NAME = "itresume_daily"
 RANGE_START_TAG = "dagster/asset_partition_range_start"

@@ -8,7 +8,6 @@ file and copied after the attempts, since one connection runs one COPY at a time
 
 from __future__ import annotations
 
-import io
 import queue
 import tempfile
 import threading
@@ -25,6 +24,7 @@ from itresume_pipeline.landing import open_payload
 from itresume_pipeline.partitions import day_bounds
 from itresume_pipeline.payload import DEFAULT_CHUNK_SIZE, process_day
 from itresume_pipeline.resources.postgres import PostgresResource
+from itresume_pipeline.streams import ChunkStream
 
 ATTEMPT_COLUMNS = (
     "user_id",
@@ -111,7 +111,7 @@ def _replace_day(
     return load
 
 
-class _Prefetch(io.RawIOBase):
+class _Prefetch(ChunkStream):
     """Decompress the landing file on a thread of its own, a few chunks ahead of the parser.
 
     zlib releases the GIL while it inflates, so this overlaps the parsing instead of adding to
@@ -119,10 +119,9 @@ class _Prefetch(io.RawIOBase):
     """
 
     def __init__(self, source: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE, depth: int = 3):
+        super().__init__()
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._pending = b""
-        self._eof = False
         self._thread = threading.Thread(
             target=self._run, args=(source, chunk_size), name="itresume-inflate", daemon=True
         )
@@ -146,25 +145,11 @@ class _Prefetch(io.RawIOBase):
             except queue.Full:
                 continue
 
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(1 << 30), b""))
-        if not self._pending and not self._eof:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            self._eof = not item
-            self._pending = item
-        data, self._pending = self._pending[:size], self._pending[size:]
-        return data
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+    def _next_chunk(self) -> bytes:
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def close(self) -> None:
         self._stop.set()

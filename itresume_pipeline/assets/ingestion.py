@@ -10,23 +10,19 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    Backoff,
     Failure,
-    Jitter,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
 )
 
 from itresume_pipeline import landing
+from itresume_pipeline.assets.common import DAILY_ASSET, DATABASE_RETRY_POLICY
 from itresume_pipeline.loading import DayLoad, replace_days
 from itresume_pipeline.partitions import (
-    daily_partitions,
     day_bounds,
     days_in_window,
     describe_days,
-    single_run_backfill,
 )
 from itresume_pipeline.payload import count_records
 from itresume_pipeline.resources.api import ApiError, Download, ItResumeApiResource
@@ -34,14 +30,11 @@ from itresume_pipeline.resources.postgres import PostgresResource, WarehouseErro
 
 logger = logging.getLogger(__name__)
 
-GROUP = "itresume"
 REJECT_RATE_THRESHOLD = 0.05
 
 
 @asset(
-    partitions_def=daily_partitions,
-    backfill_policy=single_run_backfill,
-    group_name=GROUP,
+    **DAILY_ASSET,
     kinds={"python", "file"},
     description="The API's payload for each UTC day, verbatim (gzip), kept for replay.",
 )
@@ -136,15 +129,11 @@ ATTEMPTS_CHECKS = [
 
 
 @asset(
-    partitions_def=daily_partitions,
-    backfill_policy=single_run_backfill,
-    group_name=GROUP,
+    **DAILY_ASSET,
     kinds={"python", "postgres"},
     deps=[raw_attempts],
     check_specs=ATTEMPTS_CHECKS,
-    retry_policy=RetryPolicy(
-        max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
-    ),
+    retry_policy=DATABASE_RETRY_POLICY,
     description="Parsed, validated attempts in PostgreSQL; bad records quarantined with a reason.",
 )
 def postgres_attempts(

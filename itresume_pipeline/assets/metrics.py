@@ -8,20 +8,16 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    Backoff,
-    Jitter,
     MaterializeResult,
     MetadataValue,
-    RetryPolicy,
     asset,
 )
 
-from itresume_pipeline.assets.ingestion import GROUP, postgres_attempts
+from itresume_pipeline.assets.common import DAILY_ASSET, DATABASE_RETRY_POLICY
+from itresume_pipeline.assets.ingestion import postgres_attempts
 from itresume_pipeline.partitions import (
-    daily_partitions,
     days_in_window,
     describe_days,
-    single_run_backfill,
 )
 from itresume_pipeline.resources.postgres import PostgresResource
 
@@ -29,9 +25,7 @@ METRIC_COLUMNS = ("attempts", "successful_attempts", "unique_users")
 
 
 @asset(
-    partitions_def=daily_partitions,
-    backfill_policy=single_run_backfill,
-    group_name=GROUP,
+    **DAILY_ASSET,
     kinds={"sql", "postgres"},
     deps=[postgres_attempts],
     check_specs=[
@@ -41,9 +35,7 @@ METRIC_COLUMNS = ("attempts", "successful_attempts", "unique_users")
             description="Stored daily_metrics equal a fresh recount from attempts.",
         )
     ],
-    retry_policy=RetryPolicy(
-        max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
-    ),
+    retry_policy=DATABASE_RETRY_POLICY,
     description="Per day: attempts, successful attempts (is_correct) and unique users.",
 )
 def daily_metrics(context: AssetExecutionContext, warehouse: PostgresResource) -> MaterializeResult:

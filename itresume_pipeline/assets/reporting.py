@@ -15,22 +15,18 @@ from dagster import (
     asset,
 )
 
-from itresume_pipeline.assets.ingestion import GROUP
+from itresume_pipeline.assets.common import DAILY_ASSET
 from itresume_pipeline.assets.metrics import METRIC_COLUMNS, daily_metrics, fetch_daily_metrics
 from itresume_pipeline.partitions import (
-    daily_partitions,
     days_in_window,
     describe_days,
-    single_run_backfill,
 )
 from itresume_pipeline.resources.postgres import PostgresResource
 from itresume_pipeline.resources.sheets import SheetsResource
 
 
 @asset(
-    partitions_def=daily_partitions,
-    backfill_policy=single_run_backfill,
-    group_name=GROUP,
+    **DAILY_ASSET,
     kinds={"googlesheets"},
     deps=[daily_metrics],
     check_specs=[

@@ -10,7 +10,6 @@ the full URL with its query string.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import queue
 import random
@@ -31,6 +30,7 @@ from pydantic import Field, PrivateAttr
 
 from itresume_pipeline.redaction import redact
 from itresume_pipeline.settings import DEFAULT_API_URL, env
+from itresume_pipeline.streams import ChunkStream
 
 logger = logging.getLogger(__name__)
 
@@ -299,43 +299,24 @@ def _stream_to_gzip(response: requests.Response, dest: Path) -> tuple[int, str]:
     return size, digest.hexdigest()
 
 
-class _TeeReader(io.RawIOBase):
+class _TeeReader(ChunkStream):
     """The response body as a readable binary stream; every chunk is also handed to `sink`."""
 
     def __init__(self, chunks: Iterator[bytes], sink: Callable[[bytes], None]) -> None:
+        super().__init__()
         self._chunks = chunks
         self._sink = sink
-        self._pending = b""
-        self._done = False
 
-    def readable(self) -> bool:
-        return True
-
-    def _next(self) -> bytes:
+    def _next_chunk(self) -> bytes:
         for chunk in self._chunks:
             if chunk:
                 self._sink(chunk)
                 return chunk
-        self._done = True
         return b""
 
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            parts = [self._pending, *iter(self._next, b"")]
-            self._pending = b""
-            return b"".join(parts)
-        if not self._pending and not self._done:
-            self._pending = self._next()
-        data, self._pending = self._pending[:size], self._pending[size:]
-        return data
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
     def drain(self) -> None:
-        while self._next():
+        """Pass the rest of the body to the sink: a validator may stop early."""
+        while self._next_chunk():
             pass
 
 
