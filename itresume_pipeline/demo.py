@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+import warnings
 from datetime import UTC, datetime, timedelta
 
 DEMO_CLIENT = "demo"
@@ -20,6 +21,10 @@ DEMO_DAYS = 7
 
 def main() -> int:
     os.environ.setdefault("ITRESUME_HOME", os.path.abspath(".itresume"))
+    # Known, harmless notices that would bury the report: the yaml log handler is "beta", and
+    # pgserver's platformdirs falls back to /tmp when XDG_RUNTIME_DIR is unset.
+    warnings.filterwarnings("ignore", message=".*yaml-defined logging configuration.*")
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     # Imported after ITRESUME_HOME is fixed: settings are read from the environment.
     from dagster import DagsterInstance
 
