@@ -7,11 +7,12 @@ the previous good copy survives a failed run.
 
 from __future__ import annotations
 
-import gzip
 import os
 import uuid
 from datetime import date
 from pathlib import Path
+
+from isal import igzip
 
 from itresume_pipeline import settings
 
@@ -40,9 +41,13 @@ def discard(temp: Path) -> None:
 
 
 def open_payload(path: Path):
-    """Decompressing reader of a landing file (binary)."""
+    """Decompressing reader of a landing file (binary).
+
+    ISA-L's gzip (python-isal) reads and writes the standard format about 3x faster than zlib,
+    which matters on a 1M-record day: inflating is on the load's critical path.
+    """
     if not path.exists():
         raise FileNotFoundError(
             f"landing file {path} is missing: materialize raw_attempts for {path.name[:10]} first"
         )
-    return gzip.open(path, "rb")
+    return igzip.open(path, "rb")

@@ -114,7 +114,7 @@ def _replace_day(
 class _Prefetch(ChunkStream):
     """Decompress the landing file on a thread of its own, a few chunks ahead of the parser.
 
-    zlib releases the GIL while it inflates, so this overlaps the parsing instead of adding to
+    The inflater (ISA-L) releases the GIL, so this overlaps the parsing instead of adding to
     it; the bounded queue keeps memory flat.
     """
 

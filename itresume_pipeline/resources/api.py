@@ -15,7 +15,6 @@ import queue
 import random
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +25,7 @@ from urllib.parse import urlencode
 
 import requests
 from dagster import ConfigurableResource
+from isal import isal_zlib
 from pydantic import Field, PrivateAttr
 
 from itresume_pipeline.redaction import redact
@@ -222,8 +222,6 @@ class ItResumeApiResource(ConfigurableResource):
         with response:
             self._raise_for_status(response)
             try:
-                if validate_stream is None:
-                    return (*_stream_to_gzip(response, dest), -1)
                 return self._stream_validated(response, dest, validate_stream)
             except requests.RequestException as error:
                 raise ApiError(
@@ -236,13 +234,14 @@ class ItResumeApiResource(ConfigurableResource):
         self,
         response: requests.Response,
         dest: Path,
-        validate_stream: Callable[[BinaryIO], int],
+        validate_stream: Callable[[BinaryIO], int] | None,
     ) -> tuple[int, str, int]:
+        """Land the body (gzip, sha256) on a thread while `validate_stream` reads it here."""
         writer = _GzipWriterThread(dest)
         body = _TeeReader(response.iter_content(STREAM_CHUNK_BYTES), writer.put)
         try:
             try:
-                records = validate_stream(body)
+                records = validate_stream(body) if validate_stream else -1
             except ValueError as error:
                 raise ApiError(
                     f"IT Resume API sent an invalid payload: {self._clean(str(error))}",
@@ -282,23 +281,6 @@ class ItResumeApiResource(ConfigurableResource):
         return delay
 
 
-def _stream_to_gzip(response: requests.Response, dest: Path) -> tuple[int, str]:
-    """Copy the body to a gzip file chunk by chunk; returns (raw bytes, sha256 of raw bytes)."""
-    digest = hashlib.sha256()
-    size = 0
-    # Level 1: the landing copy is for replay, and higher levels cost more CPU than they save.
-    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
-    with open(dest, "wb") as out:
-        for chunk in response.iter_content(STREAM_CHUNK_BYTES):
-            if not chunk:
-                continue
-            size += len(chunk)
-            digest.update(chunk)
-            out.write(compressor.compress(chunk))
-        out.write(compressor.flush())
-    return size, digest.hexdigest()
-
-
 class _TeeReader(ChunkStream):
     """The response body as a readable binary stream; every chunk is also handed to `sink`."""
 
@@ -323,8 +305,8 @@ class _TeeReader(ChunkStream):
 class _GzipWriterThread:
     """Hash, compress and write chunks on a thread of its own.
 
-    sha256 and zlib release the GIL on large buffers, so this runs on the second core while the
-    caller's thread parses the same bytes. A bounded queue keeps memory flat.
+    sha256 and ISA-L's deflate release the GIL on large buffers, so this runs on the second core
+    while the caller's thread parses the same bytes. A bounded queue keeps memory flat.
     """
 
     def __init__(self, dest: Path) -> None:
@@ -343,7 +325,7 @@ class _GzipWriterThread:
 
     def _run(self) -> None:
         # Level 1: the landing copy is for replay; higher levels cost more CPU than they save.
-        compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
+        compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
         while (chunk := self._queue.get()) is not None:
             if self._error is not None:
                 continue  # keep draining so put() never blocks forever
