@@ -187,9 +187,9 @@ def test_process_day_equals_the_reference_on_simulator_days(records: int, chunk_
 
 @given(st.lists(st.sampled_from(["a\n", "b\n", "c\td\n", "ю\n", "\\N\n"]), max_size=30))
 def test_batch_dedupe_matches_a_plain_loop(lines: list[str]) -> None:
-    seen: set[bytes] = {copy_line_digest("b\n")}
+    seen: set[int] = {copy_line_digest("b\n")}
     kept, duplicates = _dedupe(list(lines), seen)
-    plain_seen: set[bytes] = {copy_line_digest("b\n")}
+    plain_seen: set[int] = {copy_line_digest("b\n")}
     plain_kept = []
     for line in lines:
         if copy_line_digest(line) not in plain_seen:
@@ -198,3 +198,4 @@ def test_batch_dedupe_matches_a_plain_loop(lines: list[str]) -> None:
     assert kept == plain_kept
     assert duplicates == len(lines) - len(plain_kept)
     assert seen == plain_seen
+    assert all(copy_line_digest(line) in seen for line in lines)
