@@ -63,6 +63,7 @@ from itresume_pipeline_tests.test_faults_api import (
     run_pipeline,
 )
 from itresume_pipeline_tests.test_mail import SmtpSink, free_port, tls_ca
+from itresume_pipeline_tests.test_sheets import write_credentials
 
 __all__ = ["tls_ca"]  # the session fixture, re-exported for pytest
 # Dagster flags the yaml-style python_logs handlers (what dagster.yaml ships) as beta.
@@ -197,20 +198,6 @@ def no_jitter() -> Any:
     return mock.patch("dagster._core.definitions.policy.random", return_value=0.0)
 
 
-def write_service_account(path: Path, token_uri: str, private_key: str) -> Path:
-    info = {
-        "type": "service_account",
-        "project_id": "itresume-test",
-        "private_key_id": "k1",
-        "private_key": private_key,
-        "client_email": "robot@itresume-test.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": token_uri,
-    }
-    path.write_text(json.dumps(info), encoding="utf-8")
-    return path
-
-
 # -- the world: every secret set, every boundary real -----------------------------------------
 
 
@@ -231,7 +218,7 @@ def world(
         smtp_relay(ca) as (sink, smtp_port),
     ):
         emulator.create_spreadsheet(SHEET_ID)
-        credentials = write_service_account(
+        credentials = write_credentials(
             tmp_path / "service-account.json", emulator.token_uri, private_key_pem
         )
         env = {
@@ -445,14 +432,14 @@ def test_exceptions_raised_at_each_boundary_carry_no_secret(
         assert canaries.found_in(warehouse.location) == []
 
     broken = private_key_pem.replace("\n", "\n ", 3)  # still recognizable, no longer a key
-    creds = write_service_account(tmp_path / "broken.json", world["emulator"].token_uri, broken)
+    creds = write_credentials(tmp_path / "broken.json", world["emulator"].token_uri, broken)
     sheets = SheetsResource(spreadsheet_id=SHEET_ID, credentials_path=str(creds), max_attempts=1)
     with pytest.raises(SheetsError) as info:
         sheets.upsert_rows(
             [{"date": "2024-10-08", "attempts": 1, "successful_attempts": 1, "unique_users": 1}]
         )
     raised["Sheets broken key"] = info.value
-    dead_token = write_service_account(
+    dead_token = write_credentials(
         tmp_path / "dead.json", f"http://127.0.0.1:{free_port()}/token", private_key_pem
     )
     sheets = SheetsResource(
