@@ -93,3 +93,17 @@ def make_api(simulator: ApiSimulator, **overrides: object) -> ItResumeApiResourc
 @pytest.fixture
 def api(simulator: ApiSimulator) -> ItResumeApiResource:
     return make_api(simulator)
+
+
+@pytest.fixture(scope="session")
+def private_key_pem() -> str:
+    """A service-account RSA key made at test time (PKCS#8 PEM), for the Sheets token flow."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()

@@ -35,8 +35,6 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from dagster import DagsterInstance, EnvVar
 from dagster._serdes import serialize_value
 from dagster._utils.error import serializable_error_info_from_exc_info
@@ -78,16 +76,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # -- canaries --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def private_key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 class Canaries:

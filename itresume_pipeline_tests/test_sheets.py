@@ -17,8 +17,6 @@ from typing import Any
 
 import gspread
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -91,16 +89,6 @@ def sheets(emu: SheetsEmulator) -> SheetsResource:
         connect_timeout_s=2,
         read_timeout_s=2,
     )
-
-
-@pytest.fixture(scope="module")
-def private_key_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 def write_credentials(path: Path, token_uri: str, private_key: str) -> Path:
