@@ -16,6 +16,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from itresume_pipeline.columns import column_lines, decode_records
 from itresume_pipeline.parsing import copy_line_digest, reference_rows, to_copy_line
 from itresume_pipeline.payload import DayStats, _dedupe, process_day
 from itresume_pipeline.simulator import render_day_json
@@ -92,9 +93,27 @@ def passbacks(draw: st.DrawFn, user: str) -> str:
     return text
 
 
+# Wrong values of the right JSON type: msgspec's typed decode accepts them, so they reach the
+# column lane's value checks, which must hand each one to the per-record lane.
+ODD_STRINGS = st.sampled_from(["", "RUN", "Run", "x" * 10_001, "0" * 31, "g" * 32, "é" * 32])
+
+
 @st.composite
-def records(draw: st.DrawFn) -> object:
-    kind = draw(st.integers(0, 29))
+def records(draw: st.DrawFn, plain: bool = False) -> object:
+    """A record; `plain` ones keep the API's JSON types (str, true/false/null/0/1) and keys."""
+    kind = draw(st.integers(1 if plain else 0, 29))
+    if plain and kind in (2, 3):
+        name = draw(st.sampled_from(["lti_user_id", "attempt_type", "created_at"]))
+        user = draw(HEX)
+        rec = {
+            "lti_user_id": user,
+            "passback_params": draw(passbacks(user)),
+            "is_correct": draw(st.sampled_from([None, 0, 1, True, False])),
+            "attempt_type": draw(st.sampled_from(["run", "submit"])),
+            "created_at": draw(timestamps()),
+        }
+        rec[name] = draw(ODD_STRINGS)
+        return rec
     if kind == 0:
         return draw(st.sampled_from(["text", 12, None, [1, 2], True]))
     user = draw(HEX)
@@ -117,9 +136,9 @@ def records(draw: st.DrawFn) -> object:
 
 
 @st.composite
-def payloads(draw: st.DrawFn) -> bytes:
+def payloads(draw: st.DrawFn, plain: bool = False) -> bytes:
     """A JSON array of records, with exact repeats (duplicates) scattered through it."""
-    items = draw(st.lists(records(), max_size=40))
+    items = draw(st.lists(records(plain), max_size=40))
     for _ in range(draw(st.integers(0, 6))):
         if items:
             items.insert(draw(st.integers(0, len(items))), draw(st.sampled_from(items)))
@@ -176,6 +195,43 @@ def assert_equivalent(payload: bytes, chunk_size: int) -> None:
 @given(payloads(), st.sampled_from([1, 7, 64, 4096, 1 << 22]))
 def test_process_day_equals_the_reference(payload: bytes, chunk_size: int) -> None:
     assert_equivalent(payload, chunk_size)
+
+
+@SETTINGS
+@given(payloads(plain=True), st.sampled_from([64, 4096, 1 << 22]))
+def test_column_lane_equals_the_reference(payload: bytes, chunk_size: int) -> None:
+    """Payloads msgspec decodes whole, so every record goes through the column lane first."""
+    decode_records(payload)  # raises if the payload would bypass the column lane
+    assert_equivalent(payload, chunk_size)
+
+
+def test_column_lane_leaves_odd_records_to_the_per_record_lane() -> None:
+    user = "a" * 32
+    good = {
+        "lti_user_id": user,
+        "passback_params": repr({"oauth_consumer_key": "", "lis_result_sourcedid": "s"}),
+        "is_correct": 1,
+        "attempt_type": "run",
+        "created_at": "2024-10-08 10:00:00.000000",
+    }
+    odd = [
+        {**good, "lti_user_id": user.upper()},  # accepted, lower-cased
+        {**good, "created_at": "2024-10-08T10:00:00"},  # accepted, normalized
+        {**good, "passback_params": repr({"lis_result_sourcedid": "O'Reilly"})},  # accepted
+        {**good, "created_at": "2024-10-09 00:00:00.000000"},  # out of the window
+        {**good, "attempt_type": "RUN"},  # rejected
+        {**good, "passback_params": "{'a': 1}"},  # rejected
+    ]
+    payload = orjson.dumps([good, *odd, good])
+    lines, undecided = column_lines(
+        decode_records(payload),
+        START.isoformat(" ", "microseconds"),
+        END.isoformat(" ", "microseconds"),
+        lambda _: True,
+    )
+    assert undecided == [1, 2, 3, 4, 5, 6]
+    assert lines[0] == lines[7] == f"{user}\t\ts\t\\N\tt\trun\t2024-10-08 10:00:00.000000\n"
+    assert_equivalent(payload, 1 << 22)
 
 
 @settings(max_examples=20, deadline=None)

@@ -84,6 +84,8 @@ def dumps(value: object, style: int) -> bytes:
 def test_iter_records_equals_json_loads(items: list[object], chunk_size: int, style: int) -> None:
     payload = dumps(items, style)
     assert decoded(payload, chunk_size) == json.loads(payload)
+    # count_records proves the structure with msgspec's undecoded elements instead
+    assert count_records(io.BytesIO(payload), chunk_size) == len(items)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 4 << 20])
@@ -141,6 +143,9 @@ def test_iter_records_structural_damage(payload: bytes, message: str) -> None:
         with pytest.raises(PayloadError) as info:
             decoded(payload, chunk_size)
         assert message in str(info.value)
+        with pytest.raises(PayloadError) as info:
+            count_records(io.BytesIO(payload), chunk_size)
+        assert message in str(info.value)
 
 
 def test_iter_records_truncation_at_every_offset_is_an_error() -> None:
@@ -151,6 +156,8 @@ def test_iter_records_truncation_at_every_offset_is_an_error() -> None:
         for chunk_size in (1, 16, 4 << 20):
             with pytest.raises(PayloadError):
                 decoded(payload[:cut], chunk_size)
+            with pytest.raises(PayloadError):
+                count_records(io.BytesIO(payload[:cut]), chunk_size)
 
 
 def test_iter_records_garbage_after_a_long_array_is_found_without_buffering_it() -> None:
@@ -174,6 +181,7 @@ def test_iter_records_quarantines_only_the_undecodable_record() -> None:
         assert "\x00" not in bad[1].raw and "\\x00" in bad[1].raw
         assert bad[0].reason.startswith("record: undecodable JSON at byte offset ")
         assert f"byte offset {payload.index(parts[2])}:" in bad[0].reason
+        assert count_records(io.BytesIO(payload), chunk_size) == 6
 
 
 def test_count_records_reads_a_gzip_landing_file() -> None:
