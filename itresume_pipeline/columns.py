@@ -20,7 +20,7 @@ import operator
 import re
 from collections.abc import Callable
 from itertools import compress, repeat
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -33,7 +33,7 @@ class ApiRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """One record with exactly the API's five keys and JSON types (any order)."""
 
     lti_user_id: str
-    passback_params: str
+    passback_params: Annotated[str, msgspec.Meta(max_length=MAX_FIELD_CHARS)]
     is_correct: bool | Literal[0, 1] | None
     attempt_type: str
     created_at: str
@@ -61,8 +61,8 @@ _RECORDS = msgspec.json.Decoder(list[ApiRecord])
 _RAW_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
 _PASSBACK = msgspec.json.Decoder(_Passback)
 # msgspec signals a bad document with DecodeError (ValidationError is one), one nested deeper
-# than it recurses with RecursionError, and a str it cannot encode with UnicodeEncodeError.
-DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeEncodeError)
+# than it recurses with RecursionError, and invalid UTF-8 or a lone surrogate with UnicodeError.
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
 
 
 def decode_records(data: bytes) -> RecordChunk:
@@ -191,23 +191,14 @@ def _split_by_length(values: list[str], length: int) -> tuple[list[int], list[st
 
 
 def _not_plain(passbacks: list[str]) -> list[int]:
-    """Passbacks that are not a one-line ``{...}`` of plain single-quoted strings.
+    """Passbacks whose quotes cannot simply be swapped for JSON's.
 
     Without double quotes or backslashes, each ``'`` is a string delimiter, so swapping it for
-    ``"`` turns the Python literal into JSON with the same strings; anything else (an
-    ``O'Reilly`` value that repr double-quotes, escapes) is for the per-record lane.
+    ``"`` turns the Python literal into JSON with the same strings (whitespace around and
+    between the tokens reads alike in both). An ``O'Reilly`` value that repr double-quotes, or
+    an escape, is for the per-record lane. (The decode already capped the length.)
     """
     bad: list[int] = []
-    if not (
-        max(map(len, passbacks), default=0) <= MAX_FIELD_CHARS
-        and all(map(str.startswith, passbacks, repeat("{")))
-        and all(map(str.endswith, passbacks, repeat("}")))
-    ):
-        bad = [
-            i
-            for i, text in enumerate(passbacks)
-            if len(text) > MAX_FIELD_CHARS or text[:1] != "{" or text[-1:] != "}"
-        ]
     joined = "".join(passbacks)
     for char in _NOT_PLAIN:
         if char in joined:

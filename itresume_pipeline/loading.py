@@ -94,8 +94,8 @@ def _replace_day(
     ):
         with cur.copy(copy_attempts, writer=QueuedLibpqWriter(cur)) as copy:
             for batch in process_day(stream, start, end):
-                if batch.copy_text:
-                    copy.write(batch.copy_text)
+                if batch.copy_data:
+                    copy.write(batch.copy_data)
                 _count(load, batch)
                 for reason, raw in batch.rejected:
                     spool.write(_copy_text_line(day.isoformat(), reason, raw))

@@ -153,7 +153,7 @@ def run_fast(payload: bytes, chunk_size: int) -> tuple[list[str], list[tuple[str
     stats = DayStats()
     for batch in process_day(io.BytesIO(payload), START, END, chunk_size=chunk_size):
         # COPY lines end in LF only (U+2028 and friends may sit inside a value)
-        lines.extend(line + "\n" for line in batch.copy_text.split("\n")[:-1])
+        lines.extend(line + "\n" for line in batch.copy_data.decode().split("\n")[:-1])
         rejected.extend(batch.rejected)
         stats.add(batch)
     return lines, rejected, stats

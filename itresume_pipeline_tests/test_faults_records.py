@@ -446,7 +446,7 @@ def _process(payload: bytes, chunk_size: int) -> tuple[int, int, int, int, int, 
         duplicates += batch.duplicates
         outside += batch.out_of_window
         reasons += [reason for reason, _ in batch.rejected]
-        for line in batch.copy_text.splitlines():
+        for line in batch.copy_data.decode().splitlines():
             assert line.count("\t") == 6  # one row per line, seven columns
     return received, loaded, rejected, duplicates, outside, reasons
 

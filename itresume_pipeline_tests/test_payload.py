@@ -199,7 +199,7 @@ def field_of(reason: str) -> str:
 
 def assert_matches_reference(payload: bytes, batches: list[ProcessedBatch]) -> None:
     ref = reference_rows(payload, START, END)
-    assert "".join(b.copy_text for b in batches) == "".join(map(to_copy_line, ref.rows))
+    assert b"".join(b.copy_data for b in batches).decode() == "".join(map(to_copy_line, ref.rows))
     rejected = [
         (reason.split(":", 1)[0], json.loads(raw)) for b in batches for reason, raw in b.rejected
     ]
@@ -214,7 +214,7 @@ def assert_matches_reference(payload: bytes, batches: list[ProcessedBatch]) -> N
     }
     for b in batches:
         assert b.received == b.loaded + b.rejected_count + b.duplicates + b.out_of_window
-        assert b.loaded == b.copy_text.count("\n") and b.rejected_count == len(b.rejected)
+        assert b.loaded == b.copy_data.count(b"\n") and b.rejected_count == len(b.rejected)
 
 
 @SETTINGS
@@ -301,7 +301,7 @@ def test_process_day_copy_text_is_exact() -> None:
     params = dict(PASSBACK, lis_outcome_service_url="a\tb\\c")
     payload = orjson.dumps([record(passback_params=repr(params), is_correct=None)])
     [batch] = [b for b in run_day(payload) if b.received]
-    assert batch.copy_text == (
+    assert batch.copy_data.decode() == (
         f"{USER}\t\t{PASSBACK['lis_result_sourcedid']}\ta\\tb\\\\c\t\\N\tsubmit\t"
         "2024-10-08 12:34:56.123456\n"
     )
