@@ -30,10 +30,13 @@ from __future__ import annotations
 import ast
 import json
 import re
+import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import NamedTuple
+
+from xxhash import xxh3_128_intdigest
 
 __all__ = [
     "MAX_FIELD_CHARS",
@@ -400,14 +403,17 @@ def _copy_escape(text: str) -> str:
     return text
 
 
-def copy_line_digest(line: str) -> int:
-    """A 128-bit identity of a row: a set of these dedups a million rows in about 50 MB.
+# A random seed per process, so that nobody can prepare records whose digests collide.
+DIGEST_SEED = secrets.randbits(64)
 
-    Two SipHash values (Python's keyed, per-process `hash` of `line` and of `line[1:]`) side by
-    side. For one day's rows a collision is as unlikely as with a 128-bit cryptographic digest,
-    and it costs about a third as much as BLAKE2b, on the hottest path of the load.
+
+def copy_line_digest(line: bytes) -> int:
+    """A 128-bit identity of a row (its UTF-8 COPY line): a set of these dedups a day's rows.
+
+    XXH3-128 with a per-process seed. For one day's rows a collision is as unlikely as with a
+    128-bit cryptographic digest, and it costs a tenth as much, on the hottest path of the load.
     """
-    return hash(line) ^ (hash(line[1:]) << 64)
+    return xxh3_128_intdigest(line, DIGEST_SEED)
 
 
 # --------------------------------------------------------------------------- reference

@@ -16,7 +16,6 @@ the day. Only damage to the array itself (not an array, truncated, trailing data
 from __future__ import annotations
 
 import itertools
-import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from typing import BinaryIO, NamedTuple
 
 import msgspec
 import orjson
+from xxhash import xxh3_128_intdigest
 
 from itresume_pipeline.columns import (
     DECODE_ERRORS,
@@ -39,6 +39,7 @@ from itresume_pipeline.parsing import (
     _KNOWN_SHAPE,
     _MISSING,
     _NULL,
+    DIGEST_SEED,
     MAX_FIELD_CHARS,
     RejectedRecord,
     _has_surrogate,
@@ -455,14 +456,14 @@ def _process_batch(records: list[object], bounds: tuple, seen: set[int]) -> Proc
         lines, rejects, out_of_window = _chunk_lines(records, bounds)
     else:
         lines, rejects, out_of_window = _lines_of(records, bounds)
-    lines, duplicates = _dedupe(lines, seen)
+    # Encoded line by line: one non-ASCII line would make a joined str two bytes a character,
+    # and encoding that costs twice as much as the whole parse of the batch.
+    encoded, duplicates = _dedupe(list(map(str.encode, lines)), seen)
     return ProcessedBatch(
-        # Encoded line by line: one non-ASCII line would make a joined str two bytes a
-        # character, and encoding that costs twice as much as the whole parse of the batch.
-        copy_data=b"".join(map(str.encode, lines)),
+        copy_data=b"".join(encoded),
         rejected=rejects,
         received=len(records),
-        loaded=len(lines),
+        loaded=len(encoded),
         rejected_count=len(rejects),
         duplicates=duplicates,
         out_of_window=out_of_window,
@@ -554,30 +555,21 @@ def _lines_of(records: list[object], bounds: tuple) -> tuple[list[str], list[tup
     return lines, rejects, out_of_window
 
 
-# copy_line_digest as C-level maps (no Python frame per line); test_fast_path_equivalence checks
-# that they agree.
-_TAIL = operator.itemgetter(slice(1, None))
-_SHIFT = itertools.repeat(64)
+_DIGEST_SEED = itertools.repeat(DIGEST_SEED)
 
 
-def _dedupe(lines: list[str], seen: set[int]) -> tuple[list[str], int]:
+def _dedupe(lines: list[bytes], seen: set[int]) -> tuple[list[bytes], int]:
     """Drop lines already loaded this day (or earlier in the batch); first occurrence wins.
 
-    The digests are computed with C-level `map`s, and a batch without duplicates (the usual
-    case) is settled with two set operations instead of a Python loop.
+    The digests (`copy_line_digest`) are computed with a C-level `map`, and a batch without
+    duplicates (the usual case) is settled with two set operations instead of a Python loop.
     """
-    keys = list(
-        map(
-            operator.xor,
-            map(hash, lines),
-            map(operator.lshift, map(hash, map(_TAIL, lines)), _SHIFT),
-        )
-    )
+    keys = list(map(xxh3_128_intdigest, lines, _DIGEST_SEED))
     fresh = set(keys)
     if len(fresh) == len(keys) and seen.isdisjoint(fresh):
         seen |= fresh
         return lines, 0
-    kept: list[str] = []
+    kept: list[bytes] = []
     duplicates = 0
     remember = seen.add
     for line, key in zip(lines, keys, strict=True):

@@ -242,10 +242,11 @@ def test_process_day_equals_the_reference_on_simulator_days(records: int, chunk_
 
 
 @given(st.lists(st.sampled_from(["a\n", "b\n", "c\td\n", "ю\n", "\\N\n"]), max_size=30))
-def test_batch_dedupe_matches_a_plain_loop(lines: list[str]) -> None:
-    seen: set[int] = {copy_line_digest("b\n")}
+def test_batch_dedupe_matches_a_plain_loop(texts: list[str]) -> None:
+    lines = [text.encode() for text in texts]
+    seen: set[int] = {copy_line_digest(b"b\n")}
     kept, duplicates = _dedupe(list(lines), seen)
-    plain_seen: set[int] = {copy_line_digest("b\n")}
+    plain_seen: set[int] = {copy_line_digest(b"b\n")}
     plain_kept = []
     for line in lines:
         if copy_line_digest(line) not in plain_seen:
