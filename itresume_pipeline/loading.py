@@ -48,6 +48,7 @@ class DayLoad:
     duplicates: int = 0
     out_of_window: int = 0
     reject_reasons: dict[str, int] = field(default_factory=dict)
+    copied: int = 0  # rows the server says COPY wrote: what the asset checks look for
 
 
 def replace_days(
@@ -92,14 +93,15 @@ def _replace_day(
         _Prefetch(compressed) as stream,
         conn.cursor() as cur,
     ):
-        with cur.copy(copy_attempts, writer=QueuedLibpqWriter(cur)) as copy:
+        with cur.copy(copy_attempts, writer=_BoundedQueuedWriter(cur)) as copy:
             for batch in process_day(stream, start, end):
                 if batch.copy_data:
-                    copy.write(batch.copy_data)
+                    copy.write(memoryview(batch.copy_data))  # sliced for libpq without copies
                 _count(load, batch)
                 for reason, raw in batch.rejected:
                     spool.write(_copy_text_line(day.isoformat(), reason, raw))
                     _tally_reason(load, reason)
+        load.copied = cur.rowcount
         if load.rejected:
             spool.seek(0)
             copy_rejects = psycopg.sql.SQL(
@@ -109,6 +111,18 @@ def _replace_day(
                 while block := spool.read(1 << 20):
                     copy.write(block)
     return load
+
+
+class _BoundedQueuedWriter(QueuedLibpqWriter):
+    """psycopg's queued COPY writer with a short queue: at most `depth` blocks of 128 KB.
+
+    Its own queue holds up to 1024 blocks (128 MB): when the server falls behind for a moment,
+    that much of the day would pile up in memory. A short one makes the parser wait instead.
+    """
+
+    def __init__(self, cursor: psycopg.Cursor, depth: int = 64) -> None:
+        super().__init__(cursor)
+        self._queue = queue.Queue(maxsize=depth)
 
 
 class _Prefetch(ChunkStream):

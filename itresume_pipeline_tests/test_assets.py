@@ -10,10 +10,11 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, materialize
 from psycopg import sql
 
-from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
+from itresume_pipeline.assets.ingestion import _attempt_checks, postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.jobs import range_tags
 from itresume_pipeline.landing import landing_path
+from itresume_pipeline.loading import DayLoad
 from itresume_pipeline.simulator import generate_day
 from itresume_pipeline_tests.conftest import TEST_ATTEMPTS_PER_DAY, TEST_CLIENT_KEY, make_api
 
@@ -209,3 +210,28 @@ def test_invalid_body_after_retries_fails_and_changes_nothing(api, warehouse, si
     assert not result.success
     assert not landing_path(DAY).exists()
     assert not list(landing_path(DAY).parent.glob(".*partial"))
+
+
+def test_attempt_checks_find_rows_outside_the_window_and_empty_users(warehouse):
+    """The checks read the table: rows a run wrote outside its day, and empty user ids."""
+    day = date(2024, 10, 8)
+    with warehouse.connect() as conn, conn.transaction():
+        conn.execute("SELECT set_config('itresume.run_id', 'run-a', true)")
+        conn.execute(
+            sql.SQL(
+                "INSERT INTO {} (user_id, attempt_type, created_at) VALUES "
+                "('u1', 'run', '2024-10-08 01:00'), ('', 'run', '2024-10-08 02:00'), "
+                "('u3', 'run', '2024-10-09 00:00')"
+            ).format(warehouse.table("attempts"))
+        )
+    written = DayLoad(day=day, received=3, loaded=3, copied=3)
+    checks = {c.check_name: c for c in _attempt_checks(warehouse, [day], "run-a", written)}
+    assert not checks["created_at_inside_partition"].passed
+    assert checks["created_at_inside_partition"].metadata["rows_outside"].value == 1
+    assert not checks["user_id_not_null"].passed
+    assert checks["user_id_not_null"].metadata["null_user_ids"].value == 1
+    assert checks["reject_rate_below_threshold"].passed
+
+    clean = DayLoad(day=day, received=2, loaded=2, copied=2)
+    checks = {c.check_name: c for c in _attempt_checks(warehouse, [day], "run-a", clean)}
+    assert checks["created_at_inside_partition"].passed
