@@ -24,9 +24,12 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from itresume_pipeline.parsing import _HEX32, MAX_FIELD_CHARS
+from itresume_pipeline.parsing import _HEX32, _PASSBACK_KEYS, MAX_FIELD_CHARS, _parse_simple
 
 __all__ = ["ApiRecord", "RecordChunk", "column_lines", "decode_records"]
+
+
+_NULL = "\\N"  # COPY text's NULL
 
 
 class ApiRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -40,11 +43,14 @@ class ApiRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class _Passback(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """``passback_params`` after its quotes were made JSON's; a missing key is NULL."""
+    """``passback_params`` after its quotes were made JSON's; a missing key is COPY's NULL.
 
-    oauth_consumer_key: str = None  # type: ignore[assignment]  # missing -> NULL, null refused
-    lis_result_sourcedid: str = None  # type: ignore[assignment]
-    lis_outcome_service_url: str = None  # type: ignore[assignment]
+    No value can be the text ``\\N`` itself: passbacks with a backslash never get here.
+    """
+
+    oauth_consumer_key: str = _NULL
+    lis_result_sourcedid: str = _NULL
+    lis_outcome_service_url: str = _NULL
 
 
 class RecordChunk(list):
@@ -80,7 +86,7 @@ def raw_elements(data: bytes) -> list[msgspec.Raw]:
 
 
 # --------------------------------------------------------------------------- the lane
-_USER_IDS = re.compile(r"(?:[0-9a-f]{32}\n)*").fullmatch
+_HEX_DIGITS = b"0123456789abcdef"
 _TIMESTAMPS = re.compile(
     r"(?:[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]) "
     r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}\n)*"
@@ -115,18 +121,23 @@ def column_lines(
     undecided = set(_bad_user_ids(user_ids))
     undecided.update(_bad_kinds(kinds))
     undecided.update(_bad_timestamps(created, start_text, end_text, real_date))
-    undecided.update(_not_plain(passbacks))
-    for i in undecided:  # placeholders keep the columns aligned; these lines are replaced
+    quoted, escaped = _not_plain(passbacks)
+    undecided.update(escaped)
+    scanned = _scan_quoted(passbacks, quoted, undecided)
+    for i in undecided.union(scanned):  # placeholders keep the columns aligned
         passbacks[i] = "{}"
     parsed = _parse_passbacks(passbacks, undecided)
+    keys, sourcedids, urls = (list(map(get, parsed)) for get in (_KEY, _SOURCEDID, _URL))
+    for i, (key, sourcedid, url) in scanned.items():
+        keys[i], sourcedids[i], urls[i] = key, sourcedid, url
     lines: list[str | None] = list(
         map(
             "\t".join,
             zip(
                 user_ids,
-                _nulls(map(_KEY, parsed)),
-                _nulls(map(_SOURCEDID, parsed)),
-                _nulls(map(_URL, parsed)),
+                keys,
+                sourcedids,
+                urls,
                 map(_FLAG_TEXT.__getitem__, flags),
                 kinds,
                 map(operator.add, created, repeat("\n")),
@@ -142,8 +153,9 @@ def column_lines(
 
 def _bad_user_ids(values: list[str]) -> list[int]:
     odd, regular = _split_by_length(values, 32)
-    if not regular or _USER_IDS("\n".join(regular) + "\n"):
-        return odd  # the others are exactly 32 characters: each is one of the matched lines
+    joined = "".join(regular)
+    if joined.isascii() and not joined.encode().translate(None, _HEX_DIGITS):
+        return odd  # every character of the others is a lowercase hex digit
     return [i for i, value in enumerate(values) if _HEX32(value) is None]
 
 
@@ -190,21 +202,43 @@ def _split_by_length(values: list[str], length: int) -> tuple[list[int], list[st
     return odd, list(compress(values, map(operator.eq, lengths, repeat(length))))
 
 
-def _not_plain(passbacks: list[str]) -> list[int]:
-    """Passbacks whose quotes cannot simply be swapped for JSON's.
+def _not_plain(passbacks: list[str]) -> tuple[list[int], list[int]]:
+    """Passbacks whose quotes cannot simply be swapped for JSON's: (with ``"``, with ``\\``).
 
     Without double quotes or backslashes, each ``'`` is a string delimiter, so swapping it for
     ``"`` turns the Python literal into JSON with the same strings (whitespace around and
-    between the tokens reads alike in both). An ``O'Reilly`` value that repr double-quotes, or
-    an escape, is for the per-record lane. (The decode already capped the length.)
+    between the tokens reads alike in both). (The decode already capped the length.)
     """
-    bad: list[int] = []
     joined = "".join(passbacks)
-    for char in _NOT_PLAIN:
-        if char in joined:
-            flagged = map(operator.contains, passbacks, repeat(char))
-            bad.extend(compress(range(len(passbacks)), flagged))
-    return bad
+    found = []
+    for char in ('"', "\\"):
+        flagged = map(operator.contains, passbacks, repeat(char)) if char in joined else ()
+        found.append(list(compress(range(len(passbacks)), flagged)))
+    return found[0], found[1]
+
+
+def _scan_quoted(
+    passbacks: list[str], quoted: list[int], undecided: set[int]
+) -> dict[int, tuple[str, str, str]]:
+    """Passbacks where repr double-quoted a value (``"O'Reilly"``), read by to_row's own scanner.
+
+    What that scanner refuses, or what holds a tab (COPY would escape it), is left undecided.
+    """
+    scanned = {}
+    for i in quoted:
+        if i in undecided:
+            continue
+        params = _parse_simple(passbacks[i])
+        if params is None or "\t" in passbacks[i]:
+            undecided.add(i)
+            continue
+        key, sourcedid, url = map(params.get, _PASSBACK_KEYS)
+        scanned[i] = (
+            _NULL if key is None else key,
+            _NULL if sourcedid is None else sourcedid,
+            _NULL if url is None else url,
+        )
+    return scanned
 
 
 def _parse_passbacks(passbacks: list[str], undecided: set[int]) -> list[_Passback]:
@@ -220,7 +254,3 @@ def _parse_passbacks(passbacks: list[str], undecided: set[int]) -> list[_Passbac
             undecided.add(i)
             parsed.append(_EMPTY_PASSBACK)
     return parsed
-
-
-def _nulls(values) -> list[str]:
-    return ["\\N" if value is None else value for value in values]

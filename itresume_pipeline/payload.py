@@ -488,7 +488,7 @@ def _chunk_lines(chunk: RecordChunk, bounds: tuple) -> tuple[list[str], list[tup
             raws = raws or raw_elements(chunk.data)
             rejects.append((rejected[0][0], _raw_text(orjson.loads(bytes(raws[i])))))
         out_of_window += outside
-    return [line for line in lines if line is not None], rejects, out_of_window
+    return list(filter(None, lines)), rejects, out_of_window
 
 
 def _lines_of(records: list[object], bounds: tuple) -> tuple[list[str], list[tuple[str, str]], int]:

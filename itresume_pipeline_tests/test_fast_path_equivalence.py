@@ -217,7 +217,7 @@ def test_column_lane_leaves_odd_records_to_the_per_record_lane() -> None:
     odd = [
         {**good, "lti_user_id": user.upper()},  # accepted, lower-cased
         {**good, "created_at": "2024-10-08T10:00:00"},  # accepted, normalized
-        {**good, "passback_params": repr({"lis_result_sourcedid": "O'Reilly"})},  # accepted
+        {**good, "passback_params": repr({"lis_result_sourcedid": "O'Reilly"})},  # scanned
         {**good, "created_at": "2024-10-09 00:00:00.000000"},  # out of the window
         {**good, "attempt_type": "RUN"},  # rejected
         {**good, "passback_params": "{'a': 1}"},  # rejected
@@ -229,7 +229,8 @@ def test_column_lane_leaves_odd_records_to_the_per_record_lane() -> None:
         END.isoformat(" ", "microseconds"),
         lambda _: True,
     )
-    assert undecided == [1, 2, 3, 4, 5, 6]
+    assert undecided == [1, 2, 4, 5, 6]
+    assert lines[3] == f"{user}\t\\N\tO'Reilly\t\\N\tt\trun\t2024-10-08 10:00:00.000000\n"
     assert lines[0] == lines[7] == f"{user}\t\ts\t\\N\tt\trun\t2024-10-08 10:00:00.000000\n"
     assert_equivalent(payload, 1 << 22)
 
