@@ -57,7 +57,7 @@ __all__ = [
     "process_day",
 ]
 
-DEFAULT_CHUNK_SIZE = 4 << 20
+DEFAULT_CHUNK_SIZE = 512 << 10
 _WS = b" \t\n\r"
 _BOM = b"\xef\xbb\xbf"
 _CANDIDATE = re.compile(rb"\}[ \t\n\r]*,")
