@@ -5,8 +5,9 @@ and on a 1,000,000-record day that made the parser, not PostgreSQL, the bottlene
 Here msgspec decodes the chunk straight into typed, slotted structs: a record whose JSON types
 are not exactly the API's (strings, ``is_correct`` in true/false/null/0/1, no extra or missing
 keys) fails the whole decode, and the chunk goes back to orjson and the per-record lane. Every
-other check runs over a whole column with C-level operations: one regex over the joined column,
-``set``, ``min`` and ``max``, msgspec for the passbacks.
+other check runs over a whole column with C-level operations: ``bytes.translate`` or one regex
+over the joined column, ``set``, ``min`` and ``max``, and msgspec again for the passbacks, whose
+Python quotes become JSON's.
 
 A record that fails a value check is not judged here. Its index goes back to the per-record
 lane, which accepts it or rejects it with its precise reason. So this lane only ever writes the
@@ -94,8 +95,9 @@ _TIMESTAMPS = re.compile(
 _KINDS = frozenset({"run", "submit"})
 _FLAG_TEXT = {None: "\\N", True: "t", False: "f"}  # 1 and 0 hash like True and False
 _DATE = operator.itemgetter(slice(0, 10))
-# What can make a passback's JSON reading differ from its Python reading. Line breaks, tabs and
-# NUL need no test: JSON refuses them inside strings, and between tokens both read them alike.
+# What can make a passback's JSON reading differ from its Python reading: a double quote (repr
+# wrote "O'Reilly") and a backslash (an escape). Line breaks, tabs and NUL need no test: JSON
+# refuses them inside strings, and between tokens both read them alike.
 _NOT_PLAIN = ('"', "\\")
 _TO_JSON = operator.methodcaller("replace", "'", '"')
 _KEY = operator.attrgetter("oauth_consumer_key")
@@ -211,7 +213,7 @@ def _not_plain(passbacks: list[str]) -> tuple[list[int], list[int]]:
     """
     joined = "".join(passbacks)
     found = []
-    for char in ('"', "\\"):
+    for char in _NOT_PLAIN:
         flagged = map(operator.contains, passbacks, repeat(char)) if char in joined else ()
         found.append(list(compress(range(len(passbacks)), flagged)))
     return found[0], found[1]
