@@ -145,6 +145,8 @@ def warm_simulator(sim: ApiSimulator, day: date) -> float:
 def own_path(sim: ApiSimulator, schema: str, records: int, tmp: Path) -> dict:
     home = tmp / f"home-{schema}"
     spec = child_spec(sim, schema, ["raw_attempts", "postgres_attempts"], DAY, DAY)
+    with psycopg.connect(DB_URL, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # the same clean start as the server's COPY gets
     report = run_child(spec, home)
     seconds = report["steps_s"]["raw_attempts"] + report["steps_s"]["postgres_attempts"]
     loaded = report["metadata"]["postgres_attempts"]["loaded"]
