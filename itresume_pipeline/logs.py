@@ -32,6 +32,7 @@ import os
 import re
 import sys
 import threading
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -287,6 +288,34 @@ class DatedFileHandler(logging.Handler):
         """One short, redacted line on stderr; `handleError` would print the unredacted record."""
         with contextlib.suppress(Exception):
             sys.stderr.write(redact(f"itresume log handler: cannot write a log line: {exc!r}\n"))
+
+
+# --- without the shipped dagster.yaml ----------------------------------------------------------
+
+
+def instance_wires_dated_file(python_logs: Mapping[str, Any] | None) -> bool:
+    """Does an instance's ``python_logs`` setting hand every run's records to DatedFileHandler?"""
+    try:
+        handlers = (python_logs or {})["dagster_handler_config"]["handlers"]
+        return any(h.get("class") == HANDLER_CLASS for h in handlers.values())
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+def ensure_dated_file(context: Any) -> None:
+    """Write this step's lines to the dated file even on an instance without our dagster.yaml.
+
+    `dagster asset materialize` with DAGSTER_HOME unset runs on a throwaway instance that never
+    read deploy/dagster.yaml. Each asset calls this first: when the instance does not wire
+    DatedFileHandler, the step's own log manager gets one, so the step's messages and its
+    milestones (step finished, failures) still reach the file. Otherwise nothing changes and no
+    line is written twice.
+    """
+    if instance_wires_dated_file(context.instance.get_settings("python_logs")):
+        return
+    log = context.log
+    if not any(isinstance(handler, DatedFileHandler) for handler in log.handlers):
+        log.addHandler(DatedFileHandler(logging.DEBUG))
 
 
 def python_logs_settings(level: str = "INFO") -> dict[str, Any]:

@@ -6,7 +6,10 @@ it by building records at fixed instants rather than by patching the system cloc
 
 import logging
 import multiprocessing
+import os
 import re
+import subprocess
+import sys
 import threading
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -20,9 +23,12 @@ from itresume_pipeline.logs import (
     DEFAULT_RETENTION_DAYS,
     DatedFileHandler,
     apply_retention,
+    ensure_dated_file,
+    instance_wires_dated_file,
     python_logs_settings,
     retention_days,
 )
+from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY
 
 SECRET = "sEcReT-KeY-4f1d9c"
 REPO = Path(__file__).resolve().parent.parent
@@ -299,3 +305,54 @@ def test_dagster_runs_write_the_dated_file(log_dir: Path):
 def test_the_shipped_dagster_yaml_wires_this_handler():
     shipped = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
     assert shipped["python_logs"] == python_logs_settings()
+
+
+# --- runs on an instance without the shipped dagster.yaml --------------------------------------
+def test_a_shell_run_without_dagster_home_writes_the_dated_file(tmp_path: Path, simulator):
+    """`dagster asset materialize` on a throwaway instance: the job's own logger writes it."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("DAGSTER_", "ITRESUME_"))
+    }
+    env.update(
+        ITRESUME_HOME=str(tmp_path / "home"),
+        ITRESUME_LOG_DIR=str(tmp_path / "logs"),
+        ITRESUME_API_URL=simulator.url,
+        ITRESUME_CLIENT=TEST_CLIENT,
+        ITRESUME_CLIENT_KEY=TEST_CLIENT_KEY,
+    )
+    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize"]
+    command += ["-m", "itresume_pipeline", "--select", "raw_attempts", "--partition", "2024-10-08"]
+    done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (log_file,) = (tmp_path / "logs").iterdir()
+    text = log_file.read_text()
+    assert "download finished: 2024-10-08" in text
+    assert 'Finished execution of step "raw_attempts"' in text
+    assert TEST_CLIENT_KEY not in text
+
+
+def test_no_second_handler_when_the_instance_writes_the_file(log_dir: Path):
+    @dg.asset
+    def say(context: AssetExecutionContext) -> None:
+        ensure_dated_file(context)
+        context.log.info("exactly once")
+
+    overrides = {"python_logs": python_logs_settings()}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        assert dg.materialize([say], instance=instance).success
+    with dg.instance_for_test() as bare:  # no python_logs: the step gets its own handler
+        assert dg.materialize([say], instance=bare).success
+    (log_file,) = log_dir.iterdir()
+    assert log_file.read_text().count("exactly once") == 2
+
+
+def test_instance_wires_dated_file_reads_python_logs():
+    assert instance_wires_dated_file(python_logs_settings())
+    assert instance_wires_dated_file(
+        yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())["python_logs"]
+    )
+    assert not instance_wires_dated_file(None)
+    assert not instance_wires_dated_file({})
+    assert not instance_wires_dated_file({"dagster_handler_config": {"handlers": {"x": {}}}})

@@ -19,6 +19,7 @@ from dagster import (
 from itresume_pipeline import landing
 from itresume_pipeline.assets.common import DAILY_ASSET, DATABASE_RETRY_POLICY
 from itresume_pipeline.loading import DayLoad, replace_days
+from itresume_pipeline.logs import ensure_dated_file
 from itresume_pipeline.partitions import (
     day_bounds,
     days_in_window,
@@ -41,6 +42,7 @@ REJECT_RATE_THRESHOLD = 0.05
 def raw_attempts(
     context: AssetExecutionContext, itresume_api: ItResumeApiResource
 ) -> MaterializeResult:
+    ensure_dated_file(context)
     days = days_in_window(context.partition_time_window)
     context.log.info(f"download started: {describe_days(days)}")
     downloads = _download_days(itresume_api, days)
@@ -139,6 +141,7 @@ ATTEMPTS_CHECKS = [
 def postgres_attempts(
     context: AssetExecutionContext, warehouse: PostgresResource
 ) -> MaterializeResult:
+    ensure_dated_file(context)
     days = days_in_window(context.partition_time_window)
     payloads = {day: landing.landing_path(day) for day in days}
     missing = [str(p) for p in payloads.values() if not p.exists()]

@@ -15,6 +15,7 @@ from dagster import (
 
 from itresume_pipeline.assets.common import DAILY_ASSET, DATABASE_RETRY_POLICY
 from itresume_pipeline.assets.ingestion import postgres_attempts
+from itresume_pipeline.logs import ensure_dated_file
 from itresume_pipeline.partitions import (
     days_in_window,
     describe_days,
@@ -39,6 +40,7 @@ METRIC_COLUMNS = ("attempts", "successful_attempts", "unique_users")
     description="Per day: attempts, successful attempts (is_correct) and unique users.",
 )
 def daily_metrics(context: AssetExecutionContext, warehouse: PostgresResource) -> MaterializeResult:
+    ensure_dated_file(context)
     days = days_in_window(context.partition_time_window)
     context.log.info(f"metrics started: {describe_days(days)}")
     began = time.perf_counter()

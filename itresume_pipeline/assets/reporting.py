@@ -17,6 +17,7 @@ from dagster import (
 
 from itresume_pipeline.assets.common import DAILY_ASSET
 from itresume_pipeline.assets.metrics import METRIC_COLUMNS, daily_metrics, fetch_daily_metrics
+from itresume_pipeline.logs import ensure_dated_file
 from itresume_pipeline.partitions import (
     days_in_window,
     describe_days,
@@ -44,6 +45,7 @@ from itresume_pipeline.resources.sheets import SheetsResource
 def sheets_report(
     context: AssetExecutionContext, warehouse: PostgresResource, sheets: SheetsResource
 ) -> MaterializeResult:
+    ensure_dated_file(context)
     days = days_in_window(context.partition_time_window)
     context.log.info(f"sheet started: {describe_days(days)} -> {sheets.describe()}")
     began = time.perf_counter()
