@@ -71,9 +71,15 @@ def daily_metrics(context: AssetExecutionContext, warehouse: PostgresResource) -
     )
 
 
+# A big day's estimate crosses jit_above_cost, and compiling the aggregate costs about 0.4 s,
+# more than the aggregate itself saves (docs/performance.md, "Metrics").
+_NO_JIT = "SET LOCAL jit = off"
+
+
 def upsert_daily_metrics(warehouse: PostgresResource, first: date, last: date) -> list[dict]:
     """Recompute and upsert [first, last]; empty days get a row of zeros, not a gap."""
     with warehouse.connect() as conn, conn.transaction():
+        conn.execute(_NO_JIT)
         cursor = conn.execute(
             warehouse.query("daily_metrics_upsert.sql"),
             {"start": first, "end": date.fromordinal(last.toordinal() + 1)},
@@ -108,7 +114,8 @@ def fetch_daily_metrics(warehouse: PostgresResource, first: date, last: date) ->
 
 
 def recount_mismatches(warehouse: PostgresResource, first: date, last: date) -> list[dict]:
-    with warehouse.connect() as conn:
+    with warehouse.connect() as conn, conn.transaction():
+        conn.execute(_NO_JIT)
         cursor = conn.execute(
             warehouse.query("daily_metrics_recount.sql"),
             {"start": first, "end": date.fromordinal(last.toordinal() + 1)},
