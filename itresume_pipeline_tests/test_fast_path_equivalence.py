@@ -90,6 +90,8 @@ def passbacks(draw: st.DrawFn, user: str) -> str:
     text = repr(params)
     if shape == 4:
         text = text.replace(": ", ":")  # other spacing: the general path's parser
+    elif shape == 5:  # whitespace that JSON and literal_eval both skip, around and between tokens
+        text = draw(st.sampled_from([" ", "\t", "\n", "\r\n", ""])) + text.replace(", '", ",\n '")
     return text
 
 
