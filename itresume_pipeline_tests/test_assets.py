@@ -8,14 +8,15 @@ from datetime import date, datetime
 import psycopg
 import pytest
 from dagster import DagsterEventType, DagsterInstance, materialize
+from isal import igzip
 from psycopg import sql
 
 from itresume_pipeline.assets.ingestion import _attempt_checks, postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.jobs import range_tags
 from itresume_pipeline.landing import landing_path
-from itresume_pipeline.loading import DayLoad
-from itresume_pipeline.simulator import generate_day
+from itresume_pipeline.loading import DayLoad, replace_days
+from itresume_pipeline.simulator import generate_day, render_day_json
 from itresume_pipeline_tests.conftest import TEST_ATTEMPTS_PER_DAY, TEST_CLIENT_KEY, make_api
 
 DAY = date(2024, 10, 8)
@@ -235,3 +236,21 @@ def test_attempt_checks_find_rows_outside_the_window_and_empty_users(warehouse):
     clean = DayLoad(day=day, received=2, loaded=2, copied=2)
     checks = {c.check_name: c for c in _attempt_checks(warehouse, [day], "run-a", clean)}
     assert checks["created_at_inside_partition"].passed
+
+
+def test_a_load_larger_than_the_copy_queue_streams_through_it(warehouse, tmp_path):
+    """~30 MB of COPY data through a writer queue of 8 MB: the parser waits, nothing is lost."""
+    day = date(2024, 10, 8)
+    payload = tmp_path / "day.json.gz"
+    with igzip.open(payload, "wb", compresslevel=1) as out:
+        out.write(render_day_json(day, attempts_per_day=80_000))
+    (load,), _ = replace_days(warehouse, {day: payload}, run_id="big-run")
+    assert load.received == 80_000
+    assert load.copied == load.loaded == 80_000 - load.duplicates - load.rejected
+    with warehouse.connect() as conn:
+        count = conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE run_id = 'big-run'").format(
+                warehouse.table("attempts")
+            )
+        ).fetchone()[0]
+    assert count == load.loaded
