@@ -24,6 +24,7 @@ from itertools import compress, repeat
 from typing import Annotated, Literal
 
 import msgspec
+import orjson
 
 from itresume_pipeline.parsing import _HEX32, _PASSBACK_KEYS, MAX_FIELD_CHARS, _parse_simple
 
@@ -55,30 +56,57 @@ class _Passback(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class RecordChunk(list):
-    """The structs of one chunk, with the JSON they came from (to quote a rejected record)."""
+    """The structs of one chunk, with the JSON they came from (to quote a rejected record).
 
-    __slots__ = ("data",)
+    `odd` maps the index of each record the typed decode refused to orjson's reading of it; its
+    place in the list holds a placeholder, and the column lane leaves it to the per-record lane.
+    """
 
-    def __init__(self, records: list[ApiRecord], data: bytes) -> None:
+    __slots__ = ("data", "odd")
+
+    def __init__(self, records: list[ApiRecord], data: bytes, odd: dict[int, object]) -> None:
         super().__init__(records)
         self.data = data
+        self.odd = odd
 
 
 _RECORDS = msgspec.json.Decoder(list[ApiRecord])
+_ONE_RECORD = msgspec.json.Decoder(ApiRecord)
 _RAW_ELEMENTS = msgspec.json.Decoder(list[msgspec.Raw])
 _PASSBACK = msgspec.json.Decoder(_Passback)
 # msgspec signals a bad document with DecodeError (ValidationError is one), one nested deeper
 # than it recurses with RecursionError, and invalid UTF-8 or a lone surrogate with UnicodeError.
 DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
+# Above this share of odd records, a chunk is cheaper to hand whole to the per-record lane.
+MAX_ODD_SHARE = 0.05
+_PLACEHOLDER = ApiRecord("0" * 32, "{}", None, "run", "")
 
 
 def decode_records(data: bytes) -> RecordChunk:
-    """The chunk's records as structs; raises one of `DECODE_ERRORS` unless all are plain.
+    """The chunk's records as structs; raises one of `DECODE_ERRORS` or orjson's error if not.
 
     Every value is decoded and type-checked, none is skipped, so whatever msgspec accepts here
-    orjson accepts with the same values: the two lanes start from the same records.
+    orjson accepts with the same values: the two lanes start from the same records. When the
+    whole chunk does not decode, it is decoded element by element, and the few records that
+    do not (a wrong type, an extra key) are kept as orjson reads them.
     """
-    return RecordChunk(_RECORDS.decode(data), data)
+    try:
+        return RecordChunk(_RECORDS.decode(data), data, {})
+    except DECODE_ERRORS:
+        pass
+    elements = _RAW_ELEMENTS.decode(data)
+    most = max(1, int(len(elements) * MAX_ODD_SHARE))
+    records: list[ApiRecord] = []
+    odd: dict[int, object] = {}
+    for i, element in enumerate(elements):
+        try:
+            records.append(_ONE_RECORD.decode(element))
+        except DECODE_ERRORS:
+            if len(odd) == most:
+                raise
+            odd[i] = orjson.loads(bytes(element))  # undecodable: the caller's orjson path
+            records.append(_PLACEHOLDER)
+    return RecordChunk(records, data, odd)
 
 
 def raw_elements(data: bytes) -> list[msgspec.Raw]:
@@ -125,7 +153,11 @@ def column_lines(
     check failed for: the caller hands them to the per-record lane.
     """
     user_ids, passbacks, flags, kinds, created = (list(map(get, records)) for get in _COLUMNS)
-    undecided = set(_bad_user_ids(user_ids))
+    odd = getattr(records, "odd", ())
+    for i in odd:  # placeholders: inside the window, so the column checks still hold
+        created[i] = start_text
+    undecided = set(odd)
+    undecided.update(_bad_user_ids(user_ids))
     undecided.update(_bad_kinds(kinds))
     undecided.update(_bad_timestamps(created, start_text, end_text, real_date))
     quoted, escaped = _not_plain(passbacks)

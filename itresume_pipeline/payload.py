@@ -99,10 +99,10 @@ def iter_records(stream: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iter
 
 
 def _decode_for_load(data: bytes) -> list[object]:
-    """Structs for the column lane when every record is plain, else orjson's dicts."""
+    """Structs for the column lane when (nearly) every record is plain, else orjson's dicts."""
     try:
         return decode_records(data)
-    except DECODE_ERRORS:
+    except (*DECODE_ERRORS, orjson.JSONDecodeError):
         return orjson.loads(data)
 
 
@@ -480,7 +480,8 @@ def _chunk_lines(chunk: RecordChunk, bounds: tuple) -> tuple[list[str], list[tup
     out_of_window = 0
     raws = None
     for i in undecided:
-        line, rejected, outside = _lines_of([msgspec.structs.asdict(chunk[i])], bounds)
+        record = chunk.odd[i] if i in chunk.odd else msgspec.structs.asdict(chunk[i])
+        line, rejected, outside = _lines_of([record], bounds)
         if line:
             lines[i] = line[0]
         elif rejected:

@@ -12,7 +12,9 @@ import io
 import json
 from datetime import date, datetime, timedelta
 
+import msgspec
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -203,7 +205,7 @@ def test_process_day_equals_the_reference(payload: bytes, chunk_size: int) -> No
 @given(payloads(plain=True), st.sampled_from([64, 4096, 1 << 22]))
 def test_column_lane_equals_the_reference(payload: bytes, chunk_size: int) -> None:
     """Payloads msgspec decodes whole, so every record goes through the column lane first."""
-    decode_records(payload)  # raises if the payload would bypass the column lane
+    assert not decode_records(payload).odd  # every record goes through the column lane first
     assert_equivalent(payload, chunk_size)
 
 
@@ -259,3 +261,24 @@ def test_batch_dedupe_matches_a_plain_loop(texts: list[str]) -> None:
     assert duplicates == len(lines) - len(plain_kept)
     assert seen == plain_seen
     assert all(copy_line_digest(line) in seen for line in lines)
+
+
+def test_a_few_odd_records_keep_the_rest_of_the_chunk_in_the_column_lane() -> None:
+    """A wrong type or an extra key costs one record the column lane, not its whole chunk."""
+    good = orjson.loads(render_day_json(DAY, attempts_per_day=100))
+    odd = {
+        10: {**good[10], "is_correct": 2},  # rejected by the per-record lane
+        20: {**good[20], "source": "lms"},  # an extra key: loaded, the key ignored
+        30: "not a record",
+    }
+    records = [odd.get(i, record) for i, record in enumerate(good)]
+    payload = orjson.dumps(records)
+    chunk = decode_records(payload)
+    assert sorted(chunk.odd) == [10, 20, 30]
+    assert chunk.odd[20] == odd[20]
+    assert_equivalent(payload, 1 << 22)
+
+    too_many = orjson.dumps([{**record, "source": "lms"} for record in good[:10]] + good[10:])
+    with pytest.raises(msgspec.ValidationError):
+        decode_records(too_many)  # over MAX_ODD_SHARE: the whole chunk goes to orjson
+    assert_equivalent(too_many, 1 << 22)
