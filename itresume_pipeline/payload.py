@@ -1,10 +1,12 @@
 """Stream a day's payload (one JSON array) into batches of COPY lines in flat memory.
 
-A 1,000,000-record day is ~500 MB of JSON, so the payload is never held whole. The fast
-path reads a chunk, cuts it at the last ``}`` + ``,`` that orjson accepts as the end of
+A 1,000,000-record day is ~500 MB of JSON, so the payload is never held whole. The splitter
+reads a 512 KB chunk, cuts it at the last ``}`` + ``,`` that the decoder accepts as the end of
 ``b"[" + prefix + b"]"`` and decodes that prefix in one call. Acceptance is the proof that the
 cut was at a top-level boundary: a prefix that ends inside a string leaves the string open,
-and one that ends inside a nested value leaves two brackets open for one ``]``.
+and one that ends inside a nested value leaves two brackets open for one ``]``. The load's
+decoder is msgspec's typed one (`columns.decode_records`, for the column lane), else orjson
+(for the per-record lane here); the landing file's count uses msgspec's undecoded elements.
 
 When that fails for any other reason (invalid UTF-8 in one record, odd formatting, a huge
 string full of ``},``) an exact scanner finds the real boundaries and decodes record by
@@ -452,6 +454,7 @@ def _real_date(text: str, cache: dict[str, bool]) -> bool:
 
 
 def _process_batch(records: list[object], bounds: tuple, seen: set[int]) -> ProcessedBatch:
+    """One chunk: the column lane for msgspec's structs, the per-record lane for orjson's values."""
     if type(records) is RecordChunk:
         lines, rejects, out_of_window = _chunk_lines(records, bounds)
     else:
