@@ -1,10 +1,12 @@
 """One API record -> one validated `Attempt` -> one PostgreSQL COPY line.
 
-This is the only module that knows the shape of ``passback_params`` (a *Python* dict literal
-inside a JSON string, see DESIGN §2). A 1,000,000-record day must go through here at
-~100k records/s, so the common, well-formed record takes a short path of dict lookups and
-precompiled regexes; anything unusual drops into small, slower functions whose only job is
-to name the field and the problem precisely.
+This module defines what a valid record and its row are, including the shape of
+``passback_params`` (a *Python* dict literal inside a JSON string, see DESIGN §2). The common,
+well-formed record takes a short path of dict lookups and precompiled regexes; anything unusual
+drops into small, slower functions whose only job is to name the field and the problem
+precisely. On a big day most records never come here one by one: the column lane
+(`columns.py`) turns whole chunks of plain records into the same lines, reusing this module's
+regexes and scanner, and hands every record it cannot decide back to `to_row`.
 
 Fields are checked in a fixed order, so the reason names the *first* bad field:
 record, lti_user_id, attempt_type, is_correct, created_at, passback_params.
