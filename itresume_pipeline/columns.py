@@ -26,12 +26,17 @@ from typing import Annotated, Literal
 import msgspec
 import orjson
 
-from itresume_pipeline.parsing import _HEX32, _PASSBACK_KEYS, MAX_FIELD_CHARS, _parse_simple
+from itresume_pipeline.parsing import (
+    _FLAG,
+    _HEX32,
+    _NULL,
+    _PASSBACK_KEYS,
+    CANONICAL_TIMESTAMP,
+    MAX_FIELD_CHARS,
+    _parse_simple,
+)
 
 __all__ = ["ApiRecord", "RecordChunk", "column_lines", "decode_records"]
-
-
-_NULL = "\\N"  # COPY text's NULL
 
 
 class ApiRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -116,12 +121,8 @@ def raw_elements(data: bytes) -> list[msgspec.Raw]:
 
 # --------------------------------------------------------------------------- the lane
 _HEX_DIGITS = b"0123456789abcdef"
-_TIMESTAMPS = re.compile(
-    r"(?:[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]) "
-    r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}\n)*"
-).fullmatch
+_TIMESTAMPS = re.compile(rf"(?:{CANONICAL_TIMESTAMP}\n)*").fullmatch
 _KINDS = frozenset({"run", "submit"})
-_FLAG_TEXT = {None: "\\N", True: "t", False: "f"}  # 1 and 0 hash like True and False
 _DATE = operator.itemgetter(slice(0, 10))
 # What can make a passback's JSON reading differ from its Python reading: a double quote (repr
 # wrote "O'Reilly") and a backslash (an escape). Line breaks, tabs and NUL need no test: JSON
@@ -177,7 +178,7 @@ def column_lines(
                 keys,
                 sourcedids,
                 urls,
-                map(_FLAG_TEXT.__getitem__, flags),
+                map(_FLAG.__getitem__, flags),
                 kinds,
                 map(operator.add, created, repeat("\n")),
                 strict=True,

@@ -378,7 +378,13 @@ def _json_text(value: object) -> str:
 
 # --------------------------------------------------------------------------- COPY text format
 _NULL = "\\N"
-_FLAG = {None: _NULL, True: "t", False: "f"}
+_FLAG = {None: _NULL, True: "t", False: "f"}  # 1 and 0 hash like True and False
+# The API's own timestamp form, ``YYYY-MM-DD HH:MM:SS.ffffff``: the only one whose text order is
+# its time order and which `to_row` copies verbatim (the fast lanes compare it as text).
+CANONICAL_TIMESTAMP = (
+    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]) "
+    r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}"
+)
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 _COPY_SPECIAL = ("\\", "\t", "\n", "\r")
 

@@ -37,10 +37,12 @@ from itresume_pipeline.columns import (
     raw_elements,
 )
 from itresume_pipeline.parsing import (
+    _FLAG,
     _HEX32,
     _KNOWN_SHAPE,
     _MISSING,
     _NULL,
+    CANONICAL_TIMESTAMP,
     DIGEST_SEED,
     MAX_FIELD_CHARS,
     RejectedRecord,
@@ -429,11 +431,7 @@ def process_day(
 # (``YYYY-MM-DD HH:MM:SS.ffffff``, the only form whose text order is its time order and which
 # `to_row` copies verbatim), a passback in the exact repr shape. Anything else goes to `to_row`;
 # the property tests hold the two to the same rows, rejects and counts.
-_CANONICAL_TS = re.compile(
-    r"[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]) "
-    r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}"
-).fullmatch
-_FLAG_TEXT = {None: "\\N", True: "t", False: "f"}  # 1 and 0 hash like True and False
+_CANONICAL_TS = re.compile(CANONICAL_TIMESTAMP).fullmatch
 
 
 def _canonical(moment: datetime) -> str:
@@ -503,7 +501,7 @@ def _lines_of(records: list[object], bounds: tuple) -> tuple[list[str], list[tup
     out_of_window = 0
     row, hex32, canonical_ts, shape = to_row, _HEX32, _CANONICAL_TS, _KNOWN_SHAPE
     max_chars = MAX_FIELD_CHARS
-    flags, null = _FLAG_TEXT, _NULL
+    flags, null = _FLAG, _NULL
     for record in records:
         # -- the fast path: the API's exact shape, every check the same as to_row's
         if type(record) is dict:
