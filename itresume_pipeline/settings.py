@@ -1,20 +1,100 @@
-"""Environment-derived paths and defaults (DESIGN §3), read at call time so tests can vary them."""
+"""The environment, read at call time (so tests can vary it), with one error type for bad values.
+
+Every setting is checked where it is read, and a bad one raises `SettingError`, whose message
+names the variable. `SettingError` is a Dagster `Failure` that forbids retries: no retry can fix
+a typo in a deployment, so a run fails at once instead of burning its retry budget.
+
+Two profiles:
+- production (`ITRESUME_PROFILE` unset): nothing falls back to the local rig. A missing database
+  URL, API credentials or Sheets settings fail the run that needs them, naming the variable.
+- local (`ITRESUME_PROFILE=local`, set by `make demo`, `make dev` and `itresume-dev env`): the
+  API simulator, the embedded PostgreSQL, the CSV sheet and the `.eml` outbox fill the gaps.
+"""
 
 from __future__ import annotations
 
 import os
+from datetime import date
 from pathlib import Path
+
+from dagster import Failure
 
 DEFAULT_API_URL = "https://b2b.itresume.ru/api/statistics"
 DEFAULT_START_DATE = "2023-04-01"
 DEFAULT_SCHEMA = "itresume"
 DEFAULT_DAGSTER_URL = "http://localhost:3000"
+DEFAULT_API_DEADLINE_S = 900.0
+
+PROFILE_VAR = "ITRESUME_PROFILE"
+LOCAL_PROFILE = "local"
+PRODUCTION_PROFILE = "production"
+
+
+class SettingError(Failure):
+    """A setting is missing or malformed. The message names the variable; retries are off."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(description=message, allow_retries=False)
 
 
 def env(name: str, default: str = "") -> str:
     """An environment variable with surrounding blanks removed; empty counts as unset."""
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def required(name: str, *, needed_for: str) -> str:
+    """A variable that must be set; the error says whether it is unset or set but empty."""
+    value = env(name)
+    if value:
+        return value
+    state = "is set but empty" if name in os.environ else "is not set"
+    raise SettingError(f"{name} {state}: it is required for {needed_for}")
+
+
+def profile() -> str:
+    """`local` or `production`; anything else is an error rather than a guess."""
+    raw = env(PROFILE_VAR).lower()
+    if raw in ("", PRODUCTION_PROFILE):
+        return PRODUCTION_PROFILE
+    if raw == LOCAL_PROFILE:
+        return LOCAL_PROFILE
+    raise SettingError(
+        f"{PROFILE_VAR}={env(PROFILE_VAR)!r} is not a profile: use {LOCAL_PROFILE!r} for the "
+        "local rig, or leave it unset for production"
+    )
+
+
+def is_local() -> bool:
+    return profile() == LOCAL_PROFILE
+
+
+def integer(name: str, default: int, *, minimum: int) -> int:
+    """A whole number of at least `minimum`; garbage or a smaller value names the variable."""
+    raw = env(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise SettingError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def number(name: str, default: float, *, minimum: float) -> float:
+    """A number greater than or equal to `minimum` (seconds, usually)."""
+    raw = env(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:  # also refuses nan
+        raise SettingError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
 
 
 def home() -> Path:
@@ -43,4 +123,16 @@ def log_dir() -> Path:
 
 
 def partitions_start_date() -> str:
-    return env("ITRESUME_START_DATE", DEFAULT_START_DATE)
+    """`ITRESUME_START_DATE`, the first daily partition, as an ISO date."""
+    raw = env("ITRESUME_START_DATE", DEFAULT_START_DATE)
+    try:
+        return date.fromisoformat(raw).isoformat()
+    except ValueError:
+        raise SettingError(
+            f"ITRESUME_START_DATE={raw!r} is not a date: use YYYY-MM-DD, e.g. {DEFAULT_START_DATE}"
+        ) from None
+
+
+def api_deadline_s() -> float:
+    """`ITRESUME_API_DEADLINE_S`: the total time one API call may take, body included."""
+    return number("ITRESUME_API_DEADLINE_S", DEFAULT_API_DEADLINE_S, minimum=1)

@@ -44,7 +44,8 @@ def pg_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture
 def itresume_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An isolated $ITRESUME_HOME; no ITRESUME_* setting leaks in from the developer's shell."""
+    """An isolated $ITRESUME_HOME in the local profile; no ITRESUME_* setting leaks in from the
+    developer's shell. Tests of production behaviour delete ITRESUME_PROFILE themselves."""
     for name in list(os.environ):
         if name.startswith("ITRESUME_") and name != "ITRESUME_TEST_DATABASE_URL":
             monkeypatch.delenv(name)
@@ -52,6 +53,7 @@ def itresume_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("ITRESUME_HOME", str(home))
+    monkeypatch.setenv("ITRESUME_PROFILE", "local")
     return home
 
 
