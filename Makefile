@@ -27,7 +27,7 @@ dev: $(STAMP)  ## Dagster UI + daemon on the demo environment: http://127.0.0.1:
 test: $(STAMP)  ## the whole suite (uses ITRESUME_TEST_DATABASE_URL, else an embedded PostgreSQL)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)  ## issue 5 targets in one run: own ingest vs server COPY vs naive, RSS, metrics, backfill
+bench: $(STAMP)  ## the performance targets in one run: own ingest vs server COPY vs naive, RSS, metrics, backfill
 	$(BIN)/python -m benchmarks.ingest
 
 lint: $(STAMP)

@@ -1,1 +1,1 @@
-"""`make bench`: the performance targets of issue 5, measured in one run (see ingest.py)."""
+"""`make bench`: the performance targets, measured in one run (see ingest.py)."""

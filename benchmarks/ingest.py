@@ -1,4 +1,4 @@
-"""`make bench`: every performance target of issue 5, measured against its reference in one run.
+"""`make bench`: every performance target, measured against its reference in one run.
 
 Steps (each against the same PostgreSQL, so the machine's noise mostly cancels in the ratios):
 

@@ -20,6 +20,7 @@ DEMO_DAYS = 7
 
 
 def main() -> int:
+    os.environ["ITRESUME_PROFILE"] = "local"
     os.environ.setdefault("ITRESUME_HOME", os.path.abspath(".itresume"))
     # Known, harmless notices that would bury the report: the yaml log handler is "beta", and
     # pgserver's platformdirs falls back to /tmp when XDG_RUNTIME_DIR is unset.
@@ -38,6 +39,7 @@ def main() -> int:
         os.environ.setdefault("ITRESUME_API_URL", simulator.url)
         os.environ.setdefault("ITRESUME_CLIENT", DEMO_CLIENT)
         os.environ.setdefault("ITRESUME_CLIENT_KEY", DEMO_CLIENT_KEY)
+        print(f"profile {settings.LOCAL_PROFILE}: {settings.LOCAL_PROFILE_MEANS}")
         print(f"API simulator: {simulator.url}")
         print("PostgreSQL: " + _database_description())
 

@@ -41,6 +41,8 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from itresume_pipeline.settings import LOCAL_PROFILE, LOCAL_PROFILE_MEANS
+
 if TYPE_CHECKING:
     from itresume_pipeline.simulator import ApiSimulator
 
@@ -160,6 +162,9 @@ def prepare_environment(*, port: int | None = None) -> DevEnvironment:
     """Fill `os.environ` with everything the shipped instance and the code location need."""
     root = project_root()
     _load_dotenv(root)
+    # The local rig (simulator, embedded PostgreSQL, CSV sheet, .eml outbox) fills what is unset;
+    # without this profile the code location would refuse to guess.
+    os.environ["ITRESUME_PROFILE"] = LOCAL_PROFILE
     os.environ.setdefault("ITRESUME_HOME", str(root / ".itresume"))
     os.environ["ITRESUME_HOME"] = str(Path(os.environ["ITRESUME_HOME"]).expanduser().absolute())
 
@@ -299,6 +304,7 @@ def _banner(env: DevEnvironment, simulator: ApiSimulator | None) -> None:
 
     api = f"simulator at {simulator.url}" if simulator else redact(os.environ["ITRESUME_API_URL"])
     for line in (
+        f"profile         {LOCAL_PROFILE}: {LOCAL_PROFILE_MEANS}",
         f"ITRESUME_HOME   {env.home}",
         f"DAGSTER_HOME    {env.dagster_home} (copy of {env.root / INSTANCE_CONFIG})",
         f"DAGSTER_PG_URL  {redact(env.dagster_pg_url)}",
@@ -353,7 +359,8 @@ def serve(port: int | None = None) -> int:
 def print_env() -> int:
     """Shell exports for Dagster's CLI in another shell (starts the embedded server if needed)."""
     prepare_environment()
-    for name in ("ITRESUME_HOME", "DAGSTER_HOME", "DAGSTER_PG_URL"):
+    sys.stdout.write(f"# profile {LOCAL_PROFILE}: {LOCAL_PROFILE_MEANS}\n")
+    for name in ("ITRESUME_PROFILE", "ITRESUME_HOME", "DAGSTER_HOME", "DAGSTER_PG_URL"):
         sys.stdout.write(f"export {name}={shlex.quote(os.environ[name])}\n")
     return 0
 

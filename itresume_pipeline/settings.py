@@ -28,6 +28,10 @@ DEFAULT_API_DEADLINE_S = 900.0
 PROFILE_VAR = "ITRESUME_PROFILE"
 LOCAL_PROFILE = "local"
 PRODUCTION_PROFILE = "production"
+LOCAL_PROFILE_MEANS = (
+    "unset settings are filled by the local rig (API simulator, embedded PostgreSQL, "
+    "CSV sheet, .eml outbox)"
+)
 
 
 class SettingError(Failure):

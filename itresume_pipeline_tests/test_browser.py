@@ -353,7 +353,7 @@ def test_materialize_one_partition_from_the_asset_graph(dagster_ui: DagsterUi) -
     assert loaded is not None and loaded[0] > 0, f"no attempts for {day} in {ui.schema}"
     assert metrics is not None and metrics[0] == loaded[0], (metrics, loaded)
 
-    # The run wrote its stages to the dated log file (issue 4, item 2).
+    # The run wrote its stages to the dated log file.
     logs = "".join(p.read_text() for p in sorted((ui.home / "logs").glob("*.txt")))
     assert f"run={run['runId'][:8]}" in logs
     assert "download finished" in logs
