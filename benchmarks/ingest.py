@@ -95,6 +95,7 @@ def run_child(spec: dict, home: Path) -> dict:
     env.pop("ITRESUME_SHEETS_SPREADSHEET_ID", None)
     env.pop("ITRESUME_SHEETS_CREDENTIALS", None)
     env.pop("SHEETS_EMULATOR_HOST", None)
+    env["ITRESUME_SHEETS_BACKEND"] = "csv"
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.materialize_child", json.dumps(spec)],
         env=env,

@@ -128,11 +128,10 @@ _DATE = operator.itemgetter(slice(0, 10))
 # wrote "O'Reilly") and a backslash (an escape). Line breaks, tabs and NUL need no test: JSON
 # refuses them inside strings, and between tokens both read them alike.
 _NOT_PLAIN = ('"', "\\")
-# DESIGN warns that replacing quotes and calling json.loads is wrong, and in general it is: a value
-# holding an apostrophe comes in double quotes. It is exact only for a passback with neither a
-# double quote nor a backslash, where every ' is a delimiter; `_not_plain` sends every other one
-# to to_row's scanner or to the per-record lane, and the property tests compare the result with
-# ast.literal_eval's.
+# Replacing quotes and calling json.loads is wrong in general: a value holding an apostrophe
+# comes in double quotes. It is exact only for a passback with neither a double quote nor a
+# backslash, where every ' is a delimiter; `_not_plain` sends every other one to to_row's scanner
+# or to the per-record lane, and the property tests compare the result with ast.literal_eval's.
 _TO_JSON = operator.methodcaller("replace", "'", '"')
 _KEY = operator.attrgetter("oauth_consumer_key")
 _SOURCEDID = operator.attrgetter("lis_result_sourcedid")

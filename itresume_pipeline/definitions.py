@@ -1,4 +1,11 @@
-"""The code location: assembles assets, checks, jobs, schedules, sensors and resources."""
+"""The pipeline code location: assets, checks, the daily job and schedule, and their resources.
+
+The alert sensors are not here but in `itresume_pipeline.alerting`, a code location of its own,
+so that a pipeline setting that stops this one from loading (a garbage ITRESUME_START_DATE, which
+`itresume_pipeline.partitions` reads on import and reports as a SettingError naming it) does not
+also silence the alerts. Settings read only later, at run time, are checked here when the
+location loads, so `dagster definitions validate` reports them.
+"""
 
 from dagster import Definitions, in_process_executor
 
@@ -6,15 +13,16 @@ from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.assets.reporting import sheets_report
 from itresume_pipeline.jobs import daily_job
+from itresume_pipeline.logs import retention_days
 from itresume_pipeline.resources import build_resources
 from itresume_pipeline.schedules import daily_schedule
-from itresume_pipeline.sensors import alert_outbox_flush, run_failure_alert
+
+retention_days()  # the dated log handler reads it in every run; a bad value fails the load
 
 defs = Definitions(
     assets=[raw_attempts, postgres_attempts, daily_metrics, sheets_report],
     jobs=[daily_job],
     schedules=[daily_schedule],
-    sensors=[run_failure_alert, alert_outbox_flush],
     resources=build_resources(),
     # One process per run: the multiprocess executor costs 5-7 s per step on a small machine,
     # and the heavy lifting happens in PostgreSQL and in a streaming parser anyway.

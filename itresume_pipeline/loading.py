@@ -4,6 +4,12 @@ The day's rows are deleted and the landing file is streamed through the parser s
 COPY. COPY's writes happen in a background thread (psycopg's QueuedLibpqWriter), so parsing on
 one core overlaps with the server ingesting on the other. Rejected records are spooled to a temp
 file and copied after the attempts, since one connection runs one COPY at a time.
+
+With `refuse_shrink` (postgres_attempts sets it unless forced), a load that would take more than
+half of a day's rows away, an empty payload in particular, raises `ShrinkRefused` inside the
+transaction, so every day of the run stays as it was. Each day is judged on its own, and all of
+them are loaded first, so the error lists every day that would shrink. The rows a day had are the
+DELETE's own count, taken under the day's lock: the guard costs no query and nothing per row.
 """
 
 from __future__ import annotations
@@ -49,6 +55,25 @@ class DayLoad:
     out_of_window: int = 0
     reject_reasons: dict[str, int] = field(default_factory=dict)
     copied: int = 0  # rows the server says COPY wrote: what the asset checks look for
+    replaced: int = 0  # rows the day had before this load
+
+
+def shrinks(load: DayLoad) -> bool:
+    """Whether the load takes away more than half of the rows the day had."""
+    return 2 * load.loaded < load.replaced
+
+
+class ShrinkRefused(Exception):
+    """Loads that would shrink their days; the transaction was rolled back."""
+
+    def __init__(self, loads: list[DayLoad]) -> None:
+        self.loads = loads
+        super().__init__(
+            "; ".join(
+                f"{d.day}: {d.replaced} rows loaded now, {d.loaded} in the new payload"
+                for d in loads
+            )
+        )
 
 
 def replace_days(
@@ -56,8 +81,13 @@ def replace_days(
     payloads: dict[date, Path],
     *,
     run_id: str,
+    refuse_shrink: bool = False,
 ) -> tuple[list[DayLoad], float]:
-    """Atomically replace the given days from their landing files; returns counts and seconds."""
+    """Atomically replace the given days from their landing files; returns counts and seconds.
+
+    With `refuse_shrink`, each day is compared on its own, and if any would shrink, nothing of
+    the run is kept: `ShrinkRefused` lists every such day.
+    """
     began = time.perf_counter()
     days = sorted(payloads)
     loads: list[DayLoad] = []
@@ -66,6 +96,9 @@ def replace_days(
         warehouse.lock_days(conn, days)
         for day in days:
             loads.append(_replace_day(conn, warehouse, day, payloads[day]))
+        refused = [load for load in loads if shrinks(load)] if refuse_shrink else []
+        if refused:
+            raise ShrinkRefused(refused)  # inside the transaction: it rolls back
     return loads, time.perf_counter() - began
 
 
@@ -74,16 +107,16 @@ def _replace_day(
 ) -> DayLoad:
     start, end = day_bounds(day)
     attempts, rejected = warehouse.table("attempts"), warehouse.table("attempts_rejected")
-    conn.execute(
+    replaced = conn.execute(
         psycopg.sql.SQL("DELETE FROM {} WHERE created_at >= %s AND created_at < %s").format(
             attempts
         ),
         (start, end),
-    )
+    ).rowcount
     conn.execute(
         psycopg.sql.SQL("DELETE FROM {} WHERE partition_date = %s").format(rejected), (day,)
     )
-    load = DayLoad(day=day)
+    load = DayLoad(day=day, replaced=replaced)
     copy_attempts = psycopg.sql.SQL("COPY {} ({}) FROM STDIN").format(
         attempts, psycopg.sql.SQL(", ").join(map(psycopg.sql.Identifier, ATTEMPT_COLUMNS))
     )

@@ -1,4 +1,4 @@
-"""Dated log files a person can read: `$ITRESUME_LOG_DIR/YYYY-MM-DD.txt` (DESIGN §4 "Logs").
+"""Dated log files a person can read: `$ITRESUME_LOG_DIR/YYYY-MM-DD.txt`.
 
 The handler is wired through Dagster's own `python_logs.dagster_handler_config` (see the shipped
 `dagster.yaml`), not through a logger of ours, because that is the one hook every run goes
@@ -70,15 +70,16 @@ _SHORT_RUN_ID = 8
 _CONTINUATION = "    "
 
 
+RETENTION_VAR = "ITRESUME_LOG_RETENTION_DAYS"
+
+
 def retention_days() -> int:
-    """`ITRESUME_LOG_RETENTION_DAYS`; 0 or less keeps every file, garbage means the default."""
-    raw = settings.env("ITRESUME_LOG_RETENTION_DAYS")
-    if not raw:
-        return DEFAULT_RETENTION_DAYS
-    try:
-        return int(raw)
-    except ValueError:
-        return DEFAULT_RETENTION_DAYS
+    """`ITRESUME_LOG_RETENTION_DAYS`, a whole number of days, at least 1 (today's file).
+
+    Anything else (0, -1, "three") is a `settings.SettingError` naming the variable, raised here
+    and, through this function, when either code location loads.
+    """
+    return settings.integer(RETENTION_VAR, DEFAULT_RETENTION_DAYS, minimum=1)
 
 
 def log_file_for(directory: Path, day: date) -> Path:
@@ -193,6 +194,11 @@ class DatedFileHandler(logging.Handler):
     events reach it; `min_level` still holds plain messages to INFO and above.
     `directory` and `retention_days` default to `ITRESUME_LOG_DIR` and
     `ITRESUME_LOG_RETENTION_DAYS`, read when each record is written.
+
+    A bad `ITRESUME_LOG_RETENTION_DAYS` does not cost a run its log: the lines are still
+    written, no file is deleted (a wrong guess at the retention would delete the wrong ones),
+    and the `SettingError` goes to stderr once per day file, on the same path as any other
+    failure of this handler. The code locations refuse to load with it anyway.
     """
 
     def __init__(
@@ -272,8 +278,13 @@ class DatedFileHandler(logging.Handler):
         with self._retention_lock:
             if self._opened != (directory, day):
                 directory.mkdir(parents=True, exist_ok=True)
-                apply_retention(directory, day, self._retention())
                 self._opened = (directory, day)
+                try:
+                    keep_days = self._retention()
+                except settings.SettingError as exc:
+                    self._report_failure(exc)
+                else:
+                    apply_retention(directory, day, keep_days)
         return log_file_for(directory, day)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -287,7 +298,13 @@ class DatedFileHandler(logging.Handler):
     def _report_failure(self, exc: Exception) -> None:
         """One short, redacted line on stderr; `handleError` would print the unredacted record."""
         with contextlib.suppress(Exception):
-            sys.stderr.write(redact(f"itresume log handler: cannot write a log line: {exc!r}\n"))
+            sys.stderr.write(redact(f"itresume log handler: {_short(exc)}\n"))
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, settings.SettingError):
+        return f"{exc.description}; old log files are kept"
+    return f"cannot write a log line: {exc!r}"
 
 
 # --- without the shipped dagster.yaml ----------------------------------------------------------

@@ -1,7 +1,7 @@
 """One API record -> one validated `Attempt` -> one PostgreSQL COPY line.
 
 This module defines what a valid record and its row are, including the shape of
-``passback_params`` (a *Python* dict literal inside a JSON string, see DESIGN §2). The common,
+``passback_params`` (a *Python* dict literal inside a JSON string). The common,
 well-formed record takes a short path of dict lookups and precompiled regexes; anything unusual
 drops into small, slower functions whose only job is to name the field and the problem
 precisely. On a big day most records never come here one by one: the column lane
@@ -23,6 +23,9 @@ Decisions:
 - The five record fields are required; unknown extra record keys are ignored.
 - ``passback_params``: its three known keys are optional (missing -> NULL); other keys are
   ignored, but every value must still be a string or ``None``.
+- A bad record belongs to the day of its own ``created_at`` when that field alone is valid
+  (`claimed_moment`): only that day quarantines it. With no readable ``created_at`` it belongs
+  to the day whose payload holds it.
 - No string may contain NUL (PostgreSQL ``text`` cannot hold it) or a lone surrogate (not
   encodable as UTF-8), and no field may exceed `MAX_FIELD_CHARS` characters.
 """
@@ -46,6 +49,7 @@ __all__ = [
     "PassbackError",
     "ReferenceResult",
     "RejectedRecord",
+    "claimed_moment",
     "copy_line_digest",
     "parse_passback",
     "reference_rows",
@@ -249,15 +253,8 @@ def to_row(record: object) -> tuple[Attempt, str]:
     if is_correct is not None and is_correct is not True and is_correct is not False:
         is_correct = _slow_is_correct(is_correct)
 
-    created_text = get("created_at")
-    if type(created_text) is not str or _TIMESTAMP(created_text) is None:
-        _reject_created_at(get("created_at", _MISSING))
-    try:
-        created_at = datetime.fromisoformat(created_text)
-    except ValueError as exc:
-        raise RejectedRecord(
-            f"created_at: not a real date and time ({exc}), got {_echo(created_text)}"
-        ) from None
+    created_text = get("created_at", _MISSING)
+    created_at = _read_created_at(created_text)
     if len(created_text) != 26 or created_text[10] != " ":
         created_text = created_at.isoformat(" ", "microseconds")
 
@@ -301,9 +298,33 @@ def _slow_is_correct(value: object) -> bool:
     raise RejectedRecord(f"is_correct: expected 0, 1, true, false or null, got {_echo(value)}")
 
 
-def _reject_created_at(value: object) -> None:
-    text = _require_str("created_at", value)
-    raise RejectedRecord(f"created_at: expected 'YYYY-MM-DD HH:MM:SS[.ffffff]', got {_echo(text)}")
+def _read_created_at(value: object) -> datetime:
+    """The one rule for ``created_at``, for a row and for the day a bad record belongs to."""
+    if type(value) is not str or _TIMESTAMP(value) is None:
+        text = _require_str("created_at", value)
+        raise RejectedRecord(
+            f"created_at: expected 'YYYY-MM-DD HH:MM:SS[.ffffff]', got {_echo(text)}"
+        )
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise RejectedRecord(
+            f"created_at: not a real date and time ({exc}), got {_echo(value)}"
+        ) from None
+
+
+def claimed_moment(record: object) -> datetime | None:
+    """When a record says it happened, if it says so validly, whatever else is wrong with it.
+
+    A bad record belongs to the day of its own readable ``created_at``: that day's load
+    quarantines it, and any other day's load counts it as out of its window, like a good one.
+    """
+    if type(record) is not dict:
+        return None
+    try:
+        return _read_created_at(record.get("created_at", _MISSING))
+    except RejectedRecord:
+        return None
 
 
 def _passback_values(value: object) -> tuple[str | None, str | None, str | None, bool]:
@@ -427,7 +448,11 @@ def copy_line_digest(line: bytes) -> int:
 # --------------------------------------------------------------------------- reference
 @dataclass
 class ReferenceResult:
-    """What a day's payload should produce; `rows` are the attempts to load, in order."""
+    """What a day's payload should produce; `rows` are the attempts to load, in order.
+
+    Every record received is counted once:
+    received == len(rows) + len(rejected) + duplicates + out_of_window.
+    """
 
     received: int = 0
     rows: list[Attempt] = field(default_factory=list)
@@ -445,12 +470,21 @@ def reference_rows(payload: bytes, window_start: datetime, window_end: datetime)
     """
     result = ReferenceResult()
     seen: set[Attempt] = set()
+    seen_rejects: set[str] = set()
     for record in json.loads(payload):
         result.received += 1
         try:
             attempt = _reference_attempt(record)
         except RejectedRecord as exc:
-            result.rejected.append((exc.reason, record))
+            moment = _reference_moment(record)
+            text = json.dumps(record)  # the exact record, keys in order; 1, 1.0 and true differ
+            if moment is not None and not window_start <= moment < window_end:
+                result.out_of_window += 1  # another day's bad record: that day quarantines it
+            elif text in seen_rejects:
+                result.duplicates += 1
+            else:
+                seen_rejects.add(text)
+                result.rejected.append((exc.reason, record))
             continue
         if not window_start <= attempt.created_at < window_end:
             result.out_of_window += 1
@@ -491,6 +525,16 @@ def _reference_attempt(record: object) -> Attempt:
         attempt_type,
         created_at,
     )
+
+
+def _reference_moment(record: object) -> datetime | None:
+    """A bad record's own created_at, when that field by itself is valid."""
+    if not isinstance(record, dict):
+        return None
+    try:
+        return _reference_timestamp(_reference_string(record, "created_at"))
+    except RejectedRecord:
+        return None
 
 
 def _reference_string(record: dict, name: str) -> str:

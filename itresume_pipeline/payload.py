@@ -47,6 +47,7 @@ from itresume_pipeline.parsing import (
     MAX_FIELD_CHARS,
     RejectedRecord,
     _has_surrogate,
+    claimed_moment,
     to_row,
 )
 
@@ -367,8 +368,8 @@ def _string_end(buf: bytearray, start: int) -> int:
 class ProcessedBatch:
     """One batch: COPY text (UTF-8) for ``COPY ... FROM STDIN``, and ``attempts_rejected`` rows.
 
-    `rejected` holds (reason, raw record text) pairs; the counts always satisfy
-    received == loaded + rejected_count + duplicates + out_of_window.
+    `rejected` holds (reason, raw record text) pairs; each record received is counted once,
+    so received == loaded + rejected_count + duplicates + out_of_window.
     """
 
     copy_data: bytes
@@ -382,7 +383,10 @@ class ProcessedBatch:
 
 @dataclass
 class DayStats:
-    """Counts for a whole day, accumulated batch by batch by whoever consumes `process_day`."""
+    """Counts for a whole day, accumulated batch by batch by whoever consumes `process_day`.
+
+    As for each batch: received == loaded + rejected + duplicates + out_of_window.
+    """
 
     received: int = 0
     loaded: int = 0
@@ -417,14 +421,19 @@ def process_day(
 ) -> Iterator[ProcessedBatch]:
     """Validate, window and dedupe a day's payload, a batch of COPY text at a time.
 
-    Rows outside ``[window_start, window_end)`` are counted, not loaded. Exact duplicate rows
-    (same column values) are loaded once; the day's set holds 128-bit hashes, not rows.
+    Each record received is counted once, as exactly one of: loaded, rejected, duplicate or
+    out of window (received == loaded + rejected + duplicates + out_of_window). A record whose
+    ``created_at`` is readable and outside ``[window_start, window_end)`` is out of window, a
+    bad one too: it is quarantined by its own day's load, not by this one. Exact duplicate rows
+    (same column values) are loaded once, and an exact repeat of a bad record is quarantined
+    once; both count as duplicates. The day's sets hold 128-bit hashes, not rows.
     """
     start, end = _naive_utc(window_start), _naive_utc(window_end)
     bounds = (start, end, _canonical(start), _canonical(end), {})
     seen: set[int] = set()
+    seen_rejects: set[int] = set()
     for records in _Splitter(stream, chunk_size, _decode_for_load).batches():
-        yield _process_batch(records, bounds, seen)
+        yield _process_batch(records, bounds, seen, seen_rejects)
 
 
 # The API's own record shape, taken without building an `Attempt`: a canonical timestamp
@@ -451,7 +460,9 @@ def _real_date(text: str, cache: dict[str, bool]) -> bool:
     return known
 
 
-def _process_batch(records: list[object], bounds: tuple, seen: set[int]) -> ProcessedBatch:
+def _process_batch(
+    records: list[object], bounds: tuple, seen: set[int], seen_rejects: set[int]
+) -> ProcessedBatch:
     """One chunk: the column lane for msgspec's structs, the per-record lane for orjson's values."""
     if type(records) is RecordChunk:
         lines, rejects, out_of_window = _chunk_lines(records, bounds)
@@ -460,13 +471,16 @@ def _process_batch(records: list[object], bounds: tuple, seen: set[int]) -> Proc
     # Encoded line by line: one non-ASCII line would make a joined str two bytes a character,
     # and encoding that costs twice as much as the whole parse of the batch.
     encoded, duplicates = _dedupe(list(map(str.encode, lines)), seen)
+    repeated = 0
+    if rejects:
+        rejects, repeated = _dedupe_rejects(rejects, seen_rejects)
     return ProcessedBatch(
         copy_data=b"".join(encoded),
         rejected=rejects,
         received=len(records),
         loaded=len(encoded),
         rejected_count=len(rejects),
-        duplicates=duplicates,
+        duplicates=duplicates + repeated,
         out_of_window=out_of_window,
     )
 
@@ -548,13 +562,26 @@ def _lines_of(records: list[object], bounds: tuple) -> tuple[list[str], list[tup
         try:
             attempt, line = row(record)
         except RejectedRecord as exc:
-            rejects.append((exc.reason, _raw_text(record)))
+            if _of_another_day(record, start, end):
+                out_of_window += 1
+            else:
+                rejects.append((exc.reason, _raw_text(record)))
             continue
         if not start <= attempt.created_at < end:
             out_of_window += 1
             continue
         lines.append(line)
     return lines, rejects, out_of_window
+
+
+def _of_another_day(record: object, start: datetime, end: datetime) -> bool:
+    """A bad record whose own ``created_at`` is readable and outside the window.
+
+    The load of its own day quarantines it, if the API serves it there. A bad record without a
+    readable ``created_at`` has no other day, so the day that received it quarantines it.
+    """
+    moment = claimed_moment(record)
+    return moment is not None and not start <= moment < end
 
 
 _DIGEST_SEED = itertools.repeat(DIGEST_SEED)
@@ -581,6 +608,23 @@ def _dedupe(lines: list[bytes], seen: set[int]) -> tuple[list[bytes], int]:
         remember(key)
         kept.append(line)
     return kept, duplicates
+
+
+def _dedupe_rejects(
+    rejects: list[tuple[str, str]], seen: set[int]
+) -> tuple[list[tuple[str, str]], int]:
+    """Quarantine a bad record once a day: a repeat of its raw text is a duplicate.
+
+    The raw text is the record as stored (`_raw_text`, or the bytes of an undecodable one), so
+    the same record served twice is one row of ``attempts_rejected``; first occurrence wins.
+    """
+    kept: list[tuple[str, str]] = []
+    for reason, raw in rejects:
+        key = xxh3_128_intdigest(raw.encode("utf-8", "surrogatepass"), DIGEST_SEED)
+        if key not in seen:
+            seen.add(key)
+            kept.append((reason, raw))
+    return kept, len(rejects) - len(kept)
 
 
 def _raw_text(record: object) -> str:

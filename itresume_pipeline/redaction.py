@@ -7,6 +7,11 @@ Two layers, because neither is enough alone:
 * literals catch the *values* currently configured in the environment (the API key, the SMTP
   password, the Sheets service-account key, database passwords), wherever they appear, even
   without a telltale key name, e.g. inside an exception message that echoes a request body.
+  Not only whole values: any run of `FRAGMENT_LEN` or more consecutive characters of a secret,
+  of its URL-encoded form or of its base64 forms (standard and URL-safe, at each of the three
+  byte alignments, so the base64 of a longer text that contains the secret, such as SMTP AUTH
+  PLAIN's ``\0user\0password``, is caught as well). A message cut short by someone else, or
+  encoded on its way, therefore still loses the secret.
 
 `RedactingFilter` applies `redact` to third-party loggers that write secrets into their own
 messages (urllib3 logs request URLs, query string included, at DEBUG); importing this module
@@ -18,11 +23,13 @@ unredacted text, because a redaction bug must not leak a secret nor hide the ori
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, quote_plus, unquote, urlsplit
 
@@ -42,7 +49,10 @@ CREDENTIALS_FILE_ENV_VAR = "ITRESUME_SHEETS_CREDENTIALS"
 # Shorter literals would mask ordinary words and numbers all over the text; the patterns still
 # catch such secrets whenever they sit next to their key name.
 _MIN_LITERAL_LEN = 4
+#: Any run of this many consecutive characters of a secret (or of an encoded form) is masked.
+FRAGMENT_LEN = 8
 _FAILED = "[redaction failed; text withheld]"
+_PEM_ARMOUR_RE = re.compile(r"-----(?:BEGIN|END)[A-Z0-9 ]*-----")
 
 _PEM_RE = re.compile(
     r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY-----"
@@ -90,24 +100,100 @@ def _apply_patterns(text: str) -> str:
     return text
 
 
+def _pem_body(secret: str) -> str:
+    """A PEM key without its BEGIN/END lines: those are the same in every key, not secret."""
+    return "\n".join(
+        line.strip() for line in _PEM_ARMOUR_RE.sub("", secret).splitlines() if line.strip()
+    )
+
+
 def _variants(secret: str) -> set[str]:
     """A secret as it may appear: verbatim, URL-encoded, JSON-escaped, and line by line (PEM)."""
     secret = secret.strip()
     if len(secret) < _MIN_LITERAL_LEN:
         return set()
-    out = {secret, quote(secret, safe=""), quote_plus(secret), json.dumps(secret)[1:-1]}
+    if "-----BEGIN" in secret:
+        secret = _pem_body(secret)
+    encoded = {quote(secret, safe=""), quote_plus(secret)}
+    lower_hex = {re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), e) for e in encoded}
+    out = {secret, json.dumps(secret)[1:-1], *encoded, *lower_hex}  # %2f as well as %2F
     if "\n" in secret:  # a PEM key: each base64 line alone is still a secret
-        out.update(line.strip() for line in secret.splitlines() if len(line.strip()) >= 16)
-        out.discard("-----BEGIN PRIVATE KEY-----")
-        out.discard("-----END PRIVATE KEY-----")
+        out.update(line.strip() for line in secret.splitlines())
     return {v for v in out if len(v) >= _MIN_LITERAL_LEN}
+
+
+def _base64_forms(secret: str) -> set[str]:
+    """The base64 characters that depend on the secret's bytes alone, at each alignment.
+
+    Inside a longer encoded text the secret starts 0, 1 or 2 bytes into a 3-byte group; for
+    each case only the characters whose 6 bits all come from the secret are kept, so they match
+    whatever surrounds the secret.
+    """
+    data = secret.strip().encode("utf-8")
+    forms: set[str] = set()
+    for skew in range(3):
+        encoded = base64.b64encode(b"\0" * skew + data + b"\0\0").decode("ascii")
+        first = -(-8 * skew // 6)  # ceil: the first character free of the leading filler
+        last = 8 * (skew + len(data)) // 6  # the first character that reaches the trailing one
+        form = encoded[first:last]
+        forms.update((form, form.replace("+", "-").replace("/", "_")))
+    return forms
+
+
+@dataclass(frozen=True)
+class _FragmentMatcher:
+    """Finds runs of `FRAGMENT_LEN`+ characters of any secret form.
+
+    A regex over the forms' alphabet finds candidate runs at C speed (ordinary text has few
+    long runs of such characters); a set of every `FRAGMENT_LEN`-character window then tells
+    which stretches of a run belong to a secret. Masks the union of matching windows.
+    """
+
+    candidates: re.Pattern[str]
+    windows: frozenset[str]
+
+    def sub(self, text: str) -> str:
+        pieces: list[str] = []
+        done = 0
+        for run in self.candidates.finditer(text):
+            for lo, hi in self._secret_spans(run.group(), run.start()):
+                pieces += [text[done:lo], MASK]
+                done = hi
+        return "".join(pieces) + text[done:] if pieces else text
+
+    def _secret_spans(self, run: str, offset: int) -> list[tuple[int, int]]:
+        spans: list[tuple[int, int]] = []
+        for i in range(len(run) - FRAGMENT_LEN + 1):
+            if run[i : i + FRAGMENT_LEN] in self.windows:
+                lo, hi = offset + i, offset + i + FRAGMENT_LEN
+                if spans and lo <= spans[-1][1]:
+                    spans[-1] = (spans[-1][0], hi)
+                else:
+                    spans.append((lo, hi))
+        return spans
+
+
+@lru_cache(maxsize=32)
+def _fragment_matcher(secrets: frozenset[str]) -> _FragmentMatcher | None:
+    forms: set[str] = set()
+    for secret in secrets:
+        if len(secret.strip()) >= _MIN_LITERAL_LEN:
+            forms |= _variants(secret) | _base64_forms(_pem_body(secret.strip()))
+    windows = frozenset(
+        form[i : i + FRAGMENT_LEN] for form in forms for i in range(len(form) - FRAGMENT_LEN + 1)
+    )
+    if not windows:
+        return None
+    alphabet = "".join(sorted({re.escape(char) for window in windows for char in window}))
+    return _FragmentMatcher(re.compile(f"[{alphabet}]{{{FRAGMENT_LEN},}}"), windows)
 
 
 @lru_cache(maxsize=32)
 def _literal_regex(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    """Whole forms too short for `_FragmentMatcher`'s windows."""
     variants: set[str] = set()
     for secret in secrets:
-        variants |= _variants(secret)
+        variants |= {v for v in _variants(secret) if len(v) < FRAGMENT_LEN}
     if not variants:
         return None
     # Longest first, so a secret is never half-masked by a shorter one it contains.
@@ -168,9 +254,13 @@ def redact(text: object, *, secrets: Iterable[str] = ()) -> str:
         if not value:
             return value
         literals = configured_secrets() | frozenset(s for s in secrets if isinstance(s, str))
-        pattern = _literal_regex(literals) if literals else None
-        if pattern is not None:
-            value = pattern.sub(MASK, value)
+        if literals:
+            matcher = _fragment_matcher(literals)
+            if matcher is not None:
+                value = matcher.sub(value)
+            pattern = _literal_regex(literals)
+            if pattern is not None:
+                value = pattern.sub(MASK, value)
         return _apply_patterns(value)
     except Exception:  # never raise: see the module docstring
         return _FAILED

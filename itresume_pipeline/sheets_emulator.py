@@ -13,6 +13,10 @@ It covers what the pipeline and gspread's common worksheet calls need, not the w
   ``values:batchUpdate`` and ``values:batchClear``, with A1 ranges such as ``'T'``, ``'T'!A1``,
   ``'T'!B2:C5``, ``'T'!A:D``, ``T!2:5`` and a bare ``T``;
 * grid limits like the real API: writing past ``rowCount``/``columnCount`` is a 400;
+* typed cells like the real API: a real date (a ``datetime.date`` put there with ``set_values``,
+  or date text written with ``USER_ENTERED`` in the spreadsheet's locale) reads back as its
+  serial number under ``UNFORMATTED_VALUE`` and as locale text under ``FORMATTED_VALUE``;
+  ``USER_ENTERED`` also turns number text into numbers and keeps ``'``-prefixed text as text;
 * ``POST /token``: the service-account JWT-bearer grant; with ``require_auth=True`` every API call
   must carry ``Authorization: Bearer <a token it issued>``.
 
@@ -37,6 +41,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from datetime import date, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -44,7 +49,19 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
-Cell = Any  # str | int | float | bool; "" is an empty cell
+Cell = Any  # str | int | float | bool | date | datetime; "" is an empty cell
+SERIAL_EPOCH = datetime(1899, 12, 30)  # day 0 of the spreadsheet serial-date system
+# How a typed date is shown and which text USER_ENTERED reads as a date, per spreadsheet locale;
+# ISO text is a date in every locale.
+_LOCALE_DATES: dict[str, tuple[str, re.Pattern[str]]] = {
+    "en_US": (
+        "{d.month}/{d.day}/{d.year}",
+        re.compile(r"(?P<m>\d{1,2})/(?P<d>\d{1,2})/(?P<y>\d{4})"),
+    ),
+    "ru_RU": ("{d:%d.%m.%Y}", re.compile(r"(?P<d>\d{1,2})\.(?P<m>\d{1,2})\.(?P<y>\d{4})")),
+}
+_ISO_DATE = re.compile(r"(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _STATUS_NAMES = {
@@ -204,6 +221,7 @@ class _Book:
     title: str
     sheets: list[_Sheet]
     next_sheet_id: int = 1
+    locale: str = "en_US"
 
     def sheet(self, title: str) -> _Sheet | None:
         return next((s for s in self.sheets if s.title == title), None)
@@ -221,7 +239,7 @@ class _Book:
             "spreadsheetId": self.key,
             "properties": {
                 "title": self.title,
-                "locale": "en_US",
+                "locale": self.locale,
                 "autoRecalc": "ON_CHANGE",
                 "timeZone": "Etc/UTC",
             },
@@ -241,13 +259,60 @@ def _is_empty(cell: Cell) -> bool:
     return cell is None or cell == ""
 
 
-def _formatted(cell: Cell) -> str:
-    """Render a cell like FORMATTED_VALUE with the default 'General' number format."""
+def _formatted(cell: Cell, locale: str = "en_US") -> str:
+    """Render a cell like FORMATTED_VALUE: 'General' numbers, dates in the locale's format."""
     if isinstance(cell, bool):
         return "TRUE" if cell else "FALSE"
     if isinstance(cell, float) and cell.is_integer():
         return str(int(cell))
+    if isinstance(cell, date):
+        pattern = _LOCALE_DATES.get(locale, ("{d:%Y-%m-%d}", _ISO_DATE))[0]
+        shown = pattern.format(d=cell)
+        return f"{shown} {cell:%H:%M:%S}" if isinstance(cell, datetime) else shown
     return "" if cell is None else str(cell)
+
+
+def _unformatted(cell: Cell, locale: str, serial_dates: bool) -> Cell:
+    """UNFORMATTED_VALUE: a date is its serial number (days since 1899-12-30, time as the
+    fraction) unless dateTimeRenderOption=FORMATTED_STRING asks for its text."""
+    if not isinstance(cell, date):
+        return cell
+    if not serial_dates:
+        return _formatted(cell, locale)
+    moment = cell if isinstance(cell, datetime) else datetime(cell.year, cell.month, cell.day)
+    days = (moment - SERIAL_EPOCH).total_seconds() / 86400
+    return int(days) if days.is_integer() else days
+
+
+def _entered(cell: Cell, locale: str) -> Cell:
+    """What USER_ENTERED stores for a value, as if a person typed it into the cell."""
+    if not isinstance(cell, str):
+        return cell
+    if cell.startswith("'"):
+        return cell[1:]
+    text = cell.strip()
+    if _NUMBER.fullmatch(text):
+        number = float(text)
+        return int(number) if number.is_integer() and "." not in text else number
+    if text.upper() in ("TRUE", "FALSE"):
+        return text.upper() == "TRUE"
+    patterns = [_ISO_DATE]
+    if locale in _LOCALE_DATES:
+        patterns.append(_LOCALE_DATES[locale][1])
+    for pattern in patterns:
+        found = pattern.fullmatch(text)
+        if found:
+            with contextlib.suppress(ValueError):
+                return date(int(found["y"]), int(found["m"]), int(found["d"]))
+    return cell
+
+
+def _as_input(body: dict[str, Any], option: str, locale: str) -> dict[str, Any]:
+    """The body's values as the API stores them: RAW verbatim, USER_ENTERED parsed."""
+    if option != "USER_ENTERED":
+        return body
+    values = [[_entered(c, locale) for c in row] for row in body.get("values") or []]
+    return {**body, "values": values}
 
 
 def _grid_props(rows: int, cols: int) -> dict[str, int]:
@@ -328,10 +393,13 @@ class SheetsEmulator:
         sheets: list[str] | tuple[str, ...] = ("Sheet1",),
         rows: int = 1000,
         cols: int = 26,
+        locale: str = "en_US",
     ) -> None:
-        """Create (or replace) a spreadsheet; every sheet gets a ``rows`` x ``cols`` grid."""
+        """Create (or replace) a spreadsheet; every sheet gets a ``rows`` x ``cols`` grid.
+
+        ``locale`` decides how dates are shown and which typed text counts as a date."""
         with self._lock:
-            book = _Book(key=key, title=title, sheets=[])
+            book = _Book(key=key, title=title, sheets=[], locale=locale)
             for name in sheets:
                 self._add_sheet(book, {"title": name, "gridProperties": _grid_props(rows, cols)})
             self._books[key] = book
@@ -339,16 +407,20 @@ class SheetsEmulator:
     def values(self, key: str, worksheet: str) -> list[list[str]]:
         """The sheet's content as FORMATTED_VALUE strings, trailing blanks trimmed."""
         with self._lock:
-            sheet = self._sheet(key, worksheet)
-            return [[_formatted(c) for c in row] for row in sheet.trimmed()]
+            sheet, locale = self._sheet(key, worksheet), self._books[key].locale
+            return [[_formatted(c, locale) for c in row] for row in sheet.trimmed()]
 
     def raw_values(self, key: str, worksheet: str) -> list[list[Cell]]:
-        """The sheet's content with cell types kept (a RAW-written 5 stays an int)."""
+        """The sheet's content with cell types kept (a RAW-written 5 stays an int, a typed date
+        is a ``datetime.date``)."""
         with self._lock:
             return copy.deepcopy(self._sheet(key, worksheet).trimmed())
 
     def set_values(self, key: str, worksheet: str, rows: list[list[Cell]]) -> None:
-        """Replace a sheet's content, e.g. to simulate a hand edit; the grid grows to fit."""
+        """Replace a sheet's content, e.g. to simulate a hand edit; the grid grows to fit.
+
+        Cells are stored as given: a ``datetime.date`` is a real date, as a person's typing
+        makes it; a string stays text, like a cell formatted as plain text."""
         with self._lock:
             sheet = self._sheet(key, worksheet)
             sheet.cells = [list(r) for r in rows]
@@ -584,13 +656,14 @@ class SheetsEmulator:
     ) -> dict[str, Any]:
         sheet, rng = self._resolve(book, range_text)
         if method == "GET" and not action:
-            return self._read(sheet, rng, query)
+            return self._read(sheet, rng, query, book.locale)
+        if (method, action) in (("PUT", ""), ("POST", "append")):
+            option = _require_input_option(query)
+            body = _as_input(body or {}, option, book.locale)
         if method == "PUT" and not action:
-            _require_input_option(query)
-            return {"spreadsheetId": book.key, **self._write(sheet, rng, body or {})}
+            return {"spreadsheetId": book.key, **self._write(sheet, rng, body)}
         if method == "POST" and action == "append":
-            _require_input_option(query)
-            return self._append(book, sheet, rng, query, body or {})
+            return self._append(book, sheet, rng, query, body)
         if method == "POST" and action == "clear":
             self._clear(sheet, rng)
             return {"spreadsheetId": book.key, "clearedRange": _a1(sheet, rng)}
@@ -601,17 +674,22 @@ class SheetsEmulator:
     ) -> dict[str, Any]:
         if method == "GET" and action == "batchGet":
             value_ranges = [
-                self._read(*self._resolve(book, r), query) for r in query.get("ranges", [])
+                self._read(*self._resolve(book, r), query, book.locale)
+                for r in query.get("ranges", [])
             ]
             return {"spreadsheetId": book.key, "valueRanges": value_ranges}
         if method == "POST" and action == "batchUpdate":
             body = body or {}
-            if not body.get("valueInputOption"):
-                raise ApiFailure(400, "Invalid valueInputOption: INPUT_VALUE_OPTION_UNSPECIFIED")
+            option = _require_input_option({"valueInputOption": [body.get("valueInputOption", "")]})
             snapshot = copy.deepcopy(book)
             try:
                 responses = [
-                    {"spreadsheetId": book.key, **self._write(*self._resolve(book, d["range"]), d)}
+                    {
+                        "spreadsheetId": book.key,
+                        **self._write(
+                            *self._resolve(book, d["range"]), _as_input(d, option, book.locale)
+                        ),
+                    }
                     for d in body.get("data", [])
                 ]
             except ApiFailure:
@@ -635,8 +713,11 @@ class SheetsEmulator:
             return {"spreadsheetId": book.key, "clearedRanges": cleared}
         raise ApiFailure(404, f"Unknown method: {method} values:{action}")
 
-    def _read(self, sheet: _Sheet, rng: A1Range, query: dict[str, list[str]]) -> dict[str, Any]:
+    def _read(
+        self, sheet: _Sheet, rng: A1Range, query: dict[str, list[str]], locale: str
+    ) -> dict[str, Any]:
         render = (query.get("valueRenderOption") or ["FORMATTED_VALUE"])[0]
+        serial = (query.get("dateTimeRenderOption") or ["SERIAL_NUMBER"])[0] == "SERIAL_NUMBER"
         major = (query.get("majorDimension") or ["ROWS"])[0]
         row1 = sheet.row_count if rng.row1 is None else rng.row1
         col1 = sheet.col_count if rng.col1 is None else rng.col1
@@ -644,7 +725,9 @@ class SheetsEmulator:
         while rows and not rows[-1]:
             rows.pop()
         if render == "FORMATTED_VALUE":
-            rows = [[_formatted(c) for c in r] for r in rows]
+            rows = [[_formatted(c, locale) for c in r] for r in rows]
+        else:  # UNFORMATTED_VALUE and FORMULA: no formulas here, so both are the typed value
+            rows = [[_unformatted(c, locale, serial) for c in r] for r in rows]
         if major == "COLUMNS":
             rows = _transpose(rows)
         out: dict[str, Any] = {"range": _a1(sheet, rng), "majorDimension": major}
@@ -722,9 +805,11 @@ class SheetsEmulator:
                 row[c] = ""
 
 
-def _require_input_option(query: dict[str, list[str]]) -> None:
-    if (query.get("valueInputOption") or [""])[0] not in {"RAW", "USER_ENTERED"}:
+def _require_input_option(query: dict[str, list[str]]) -> str:
+    option = (query.get("valueInputOption") or [""])[0]
+    if option not in {"RAW", "USER_ENTERED"}:
         raise ApiFailure(400, "Invalid valueInputOption: INPUT_VALUE_OPTION_UNSPECIFIED")
+    return option
 
 
 def _check_grid(sheet: _Sheet, rows: int, cols: int) -> None:
@@ -885,11 +970,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--spreadsheet", action="append", default=[], help="spreadsheet id to create (repeatable)"
     )
+    parser.add_argument("--locale", default="en_US", help="the spreadsheets' locale, e.g. ru_RU")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     emu = SheetsEmulator(args.host, args.port).start()
     for key in args.spreadsheet:
-        emu.create_spreadsheet(key)
+        emu.create_spreadsheet(key, locale=args.locale)
     log.info("Sheets API emulator on %s (export SHEETS_EMULATOR_HOST=%s)", emu.url, emu.host_port)
     try:
         while True:

@@ -1,11 +1,12 @@
-"""A local stand-in for the IT Resume statistics API (DESIGN §2), for the demo and the tests.
+"""A local stand-in for the IT Resume statistics API, for the demo and the tests.
 
 The real endpoint is slow (25–40 s a day), needs credentials, and never misbehaves on demand, so
 the pipeline is developed and tested against this simulator instead. It serves the same contract
 (one JSON array, `passback_params` as a Python dict literal, `is_correct` null for runs) from data
 that depends only on `(seed, day, attempts_per_day)`, and it can be told to fail in the ways the
-client must survive: 5xx, 429 with `Retry-After`, slow answers, truncated bodies, HTML garbage and
-dropped connections.
+client must survive: 5xx, 429 with `Retry-After`, slow answers, truncated bodies, HTML garbage,
+dropped connections, and the hostile kinds: bodies (data or error pages) that trickle in a byte
+at a time, and redirects to somewhere else.
 
 Only the standard library and orjson are used, so the simulator starts anywhere the package
 imports. Days are rendered straight to bytes from precomputed per-user fragments, which keeps a
@@ -56,7 +57,9 @@ DEFAULT_SEED = 42
 DEFAULT_CLIENT = "demo"
 DEFAULT_CLIENT_KEY = "demo-key"
 ENDPOINT_PATH = "/api/statistics"
-FAULT_KINDS = frozenset({"status", "429", "slow", "truncate", "garbage", "reset"})
+FAULT_KINDS = frozenset(
+    {"status", "429", "slow", "truncate", "garbage", "reset", "trickle", "redirect"}
+)
 
 # A request may span this many days at most: every touched day is held in memory while the
 # response is written, and the pipeline itself asks for one day at a time.
@@ -493,8 +496,12 @@ class ApiSimulator:
 
         kinds: "status" (code=500, body=None, retry_after=None), "429" (retry_after=None),
         "slow" (seconds=5.0, then a normal answer), "truncate" (full Content-Length, half the
-        body, then close), "garbage" (200 with an HTML page), "reset" (drop the connection
-        without answering). A bare status code such as "503" is shorthand for "status".
+        body, then close), "garbage" (200 with an HTML page, or `body`), "reset" (drop the
+        connection without answering), "trickle" (the normal answer, its body sent `chunk=1`
+        bytes every `interval=1.0` s), "redirect" (`code=302` to `location`, which is
+        required; `with_query=True` appends the request's query string, key included, as a
+        proxy that rewrites only the host would). A "status" body may trickle too (`trickle=`
+        seconds between bytes). A bare status code such as "503" is shorthand for "status".
         """
         if kind.isdigit() and kind != "429":
             options = {**options, "code": int(kind)}
@@ -502,15 +509,19 @@ class ApiSimulator:
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {sorted(FAULT_KINDS)}")
         allowed = {
-            "status": {"code", "body", "retry_after", "content_type"},
+            "status": {"code", "body", "retry_after", "content_type", "trickle"},
             "429": {"body", "retry_after"},
             "slow": {"seconds"},
             "truncate": set(),
             "garbage": {"body", "content_type"},
             "reset": set(),
+            "trickle": {"interval", "chunk"},
+            "redirect": {"location", "code", "with_query"},
         }[kind]
         if unknown := set(options) - allowed:
             raise TypeError(f"fault {kind!r} takes no option(s) {sorted(unknown)}")
+        if kind == "redirect" and not options.get("location"):
+            raise TypeError("fault 'redirect' needs a location")
         if kind == "status" and "code" not in options:
             options["code"] = 500
         if times < 1:
@@ -647,6 +658,10 @@ class ApiSimulator:
         if fault is not None and fault.kind == "truncate":
             _write_truncated(h, pieces, total // 2)
             return
+        if fault is not None and fault.kind == "trickle":
+            opts = fault.options
+            self._trickle(h, pieces, float(opts.get("interval", 1.0)), int(opts.get("chunk", 1)))
+            return
         for piece in pieces:
             h.wfile.write(piece)
 
@@ -673,8 +688,16 @@ class ApiSimulator:
     def _send_fault(self, h: _Handler, fault: _Fault, record: Callable[[int | None], None]) -> bool:
         """Play a fault; False means "answer normally afterwards" (truncate)."""
         opts = fault.options
-        if fault.kind == "truncate":
+        if fault.kind in ("truncate", "trickle"):
             return False
+        if fault.kind == "redirect":
+            code = int(opts.get("code", 302))
+            location = str(opts["location"])
+            if opts.get("with_query", True) and (query := urlsplit(h.path).query):
+                location += ("&" if "?" in location else "?") + query
+            record(code)
+            self._send(h, code, b"", "text/plain", {"Location": location})
+            return True
         if fault.kind == "reset":
             record(None)
             # SO_LINGER 0 makes close() send RST: the client sees a reset, not a clean EOF.
@@ -705,8 +728,33 @@ class ApiSimulator:
             "application/json" if not isinstance(body, str | bytes) else "text/plain",
         )
         record(code)
+        if opts.get("trickle") is not None:
+            h.send_response(code)
+            h.send_header("Content-Type", content_type)
+            h.send_header("Content-Length", str(len(_as_bytes(body))))
+            for name, value in headers.items():
+                h.send_header(name, value)
+            h.end_headers()
+            self._trickle(h, [_as_bytes(body)], float(opts["trickle"]), 1)
+            return True
         self._send(h, code, _as_bytes(body), content_type, headers)
         return True
+
+    def _trickle(
+        self, h: _Handler, pieces: Sequence[bytes | memoryview], interval: float, chunk: int
+    ) -> None:
+        """Write the body `chunk` bytes at a time, `interval` s apart, until it is all sent,
+        the client hangs up, or the simulator closes (then the connection is dropped)."""
+        h.close_connection = True
+        body = memoryview(b"".join(pieces))
+        for at in range(0, len(body), max(1, chunk)):
+            try:
+                h.wfile.write(body[at : at + max(1, chunk)])
+                h.wfile.flush()
+            except OSError:  # the client gave up: what a trickle is meant to provoke
+                return
+            if self._closing.wait(interval):
+                return
 
     @staticmethod
     def _send(

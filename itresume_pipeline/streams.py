@@ -25,6 +25,21 @@ class ChunkStream(io.RawIOBase):
             self._pending = self._next_chunk()
             self._done = not self._pending
 
+    def peek(self, size: int) -> bytes:
+        """Up to `size` bytes ahead, without consuming them (fewer only at the end): lets a
+        caller look at the start of a body before the parser reads it from the beginning."""
+        while len(self._pending) < size and not self._done:
+            chunk = self._next_chunk()
+            self._pending += chunk
+            self._done = not chunk
+        return self._pending[:size]
+
+    def first_nonblank(self) -> bytes:
+        """The first byte ahead that is not JSON whitespace, or b"" at the end; consumes none."""
+        while not self._pending.lstrip() and not self._done:
+            self.peek(len(self._pending) + 1)
+        return self._pending.lstrip()[:1]
+
     def readable(self) -> bool:
         return True
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from itresume_pipeline.resources.api import ApiAuthError, ApiConfigError, ApiError
+from itresume_pipeline.resources.api import ApiAuthError, ApiError
+from itresume_pipeline.settings import SettingError
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY, make_api
 
 DAY = datetime(2024, 10, 8)
@@ -116,5 +117,5 @@ def test_invalid_payload_is_retried_via_validator(api, simulator, tmp_path):
 
 def test_missing_credentials_name_the_variables(simulator, tmp_path):
     anonymous = make_api(simulator, client="", client_key="")
-    with pytest.raises(ApiConfigError, match="ITRESUME_CLIENT and ITRESUME_CLIENT_KEY"):
+    with pytest.raises(SettingError, match="ITRESUME_CLIENT and ITRESUME_CLIENT_KEY"):
         anonymous.download(DAY, NEXT_DAY, tmp_path / "d.json.gz")

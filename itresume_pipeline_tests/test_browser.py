@@ -191,6 +191,8 @@ def dagster_ui(pg_url: str, tmp_path: Path) -> Iterator[DagsterUi]:
             # A week of partitions: a readable graph, and yesterday is always among them.
             ITRESUME_START_DATE=(today - timedelta(days=7)).isoformat(),
             ITRESUME_DAGSTER_URL=url,
+            # Production profile: the report is a CSV sheet only because it is asked for by name.
+            ITRESUME_SHEETS_BACKEND="csv",
         )
         command = [
             sys.executable,

@@ -1,10 +1,20 @@
-"""The code location loads, and its public surface is what the README documents."""
+"""Both code locations load, their public surface is what the README documents, and a bad
+setting stops the location that needs it, with a message naming the variable."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from dagster import AssetKey, Definitions
 
 from itresume_pipeline import defs
+from itresume_pipeline.alerting import defs as alerting_defs
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_definitions_are_loadable():
@@ -43,13 +53,89 @@ def test_jobs_and_sensors_snapshot():
     assert sorted(
         job.name for job in repository.get_all_jobs() if not job.name.startswith("__")
     ) == ["itresume_daily"]
+    assert repository.sensor_defs == []  # they live in the alerting location
+    assert sorted(defs.resources) == ["itresume_api", "sheets", "warehouse"]
+
+
+def test_the_alerting_location_holds_the_sensors():
+    Definitions.validate_loadable(alerting_defs)
+    repository = alerting_defs.get_repository_def()
     sensors = {sensor.name: sensor for sensor in repository.sensor_defs}
-    assert sorted(sensors) == ["alert_outbox_flush", "run_failure_alert"]
+    assert sorted(sensors) == ["alert_outbox_flush", "dead_run_detector", "run_failure_alert"]
     assert all(s.default_status.value == "RUNNING" for s in sensors.values())
-    assert sorted(defs.resources) == ["itresume_api", "mail", "sheets", "warehouse"]
+    assert sorted(alerting_defs.resources) == ["mail"]
+    assert repository.get_all_jobs() == [] and repository.schedule_defs == []
 
 
 def test_partitions_are_utc_days_from_the_configured_start():
     partitions = defs.resolve_assets_def("raw_attempts").partitions_def
     assert partitions.timezone == "UTC"
     assert partitions.get_first_partition_key() == "2023-04-01"
+
+
+# -- checks at load, the way an operator runs them ------------------------------------------------
+
+
+def _clean_env(**settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ITRESUME_", "DAGSTER_"))}
+    return {**env, **settings}
+
+
+def _dagster(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dagster", *args],
+        cwd=REPO,
+        env=_clean_env(**settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_validate_the_workspace_passes_with_defaults():
+    out = _dagster("definitions", "validate", "-w", "workspace.yaml")
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert "itresume_pipeline" in text and "itresume_alerting" in text
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("ITRESUME_SMTP_SECURITY", "tls"),
+        ("ITRESUME_SMTP_PORT", "0"),
+        ("ITRESUME_ALERT_TO", "oncall"),
+        ("ITRESUME_LOG_RETENTION_DAYS", "three"),
+    ],
+)
+def test_validate_the_workspace_reports_a_bad_alert_setting_by_name(var: str, value: str):
+    out = _dagster("definitions", "validate", "-w", "workspace.yaml", **{var: value})
+    assert out.returncode != 0
+    assert f"{var}={value!r}" in out.stdout + out.stderr
+
+
+def test_a_bad_start_date_stops_the_pipeline_location_naming_it_but_not_the_alerts():
+    bad = {"ITRESUME_START_DATE": "first of april"}
+    pipeline = _dagster("definitions", "validate", "-m", "itresume_pipeline", **bad)
+    assert pipeline.returncode != 0
+    assert "ITRESUME_START_DATE='first of april' is not a date" in pipeline.stdout + pipeline.stderr
+    alerting = _dagster("definitions", "validate", "-m", "itresume_pipeline.alerting", **bad)
+    assert alerting.returncode == 0, alerting.stdout + alerting.stderr
+
+
+def test_the_alerting_location_imports_nothing_of_the_pipeline_assets():
+    code = (
+        "import sys, itresume_pipeline.alerting\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('itresume_pipeline.assets', "
+        "'itresume_pipeline.partitions', 'itresume_pipeline.definitions'))))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -4,6 +4,11 @@ process_day takes the API's exact record shape through a fast lane that skips bu
 `Attempt` (canonical-timestamp text compared as text, passback by regex, batch-wise dedupe) and
 sends everything else through `to_row`. Whole generated payloads must give exactly the rows, the
 quarantine, the counts and the metrics of `reference_rows`, whatever the chunking.
+
+Both hold a bad record to one rule: it is quarantined once, under its own day. A bad record whose
+created_at is readable belongs to that moment's day, and any other day's load counts it as out of
+its window; one whose created_at is unreadable belongs to the day whose payload holds it; an
+exact repeat of a bad record in a day's payload is quarantined once and counted as a duplicate.
 """
 
 from __future__ import annotations
@@ -19,7 +24,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from itresume_pipeline.columns import column_lines, decode_records
-from itresume_pipeline.parsing import copy_line_digest, reference_rows, to_copy_line
+from itresume_pipeline.parsing import (
+    _reference_moment,
+    copy_line_digest,
+    reference_rows,
+    to_copy_line,
+)
 from itresume_pipeline.payload import DayStats, _dedupe, process_day
 from itresume_pipeline.simulator import render_day_json
 
@@ -151,11 +161,13 @@ def payloads(draw: st.DrawFn, plain: bool = False) -> bytes:
     return orjson.dumps(items)
 
 
-def run_fast(payload: bytes, chunk_size: int) -> tuple[list[str], list[tuple[str, str]], DayStats]:
+def run_fast(
+    payload: bytes, chunk_size: int, start: datetime = START, end: datetime = END
+) -> tuple[list[str], list[tuple[str, str]], DayStats]:
     lines: list[str] = []
     rejected: list[tuple[str, str]] = []
     stats = DayStats()
-    for batch in process_day(io.BytesIO(payload), START, END, chunk_size=chunk_size):
+    for batch in process_day(io.BytesIO(payload), start, end, chunk_size=chunk_size):
         # COPY lines end in LF only (U+2028 and friends may sit inside a value)
         lines.extend(line + "\n" for line in batch.copy_data.decode().split("\n")[:-1])
         rejected.extend(batch.rejected)
@@ -168,9 +180,12 @@ def metrics_of_lines(lines: list[str]) -> tuple[int, int, int]:
     return len(fields), sum(f[4] == "t" for f in fields), len({f[0] for f in fields})
 
 
-def assert_equivalent(payload: bytes, chunk_size: int) -> None:
-    expected = reference_rows(payload, START, END)
-    lines, rejected, stats = run_fast(payload, chunk_size)
+def assert_equivalent(
+    payload: bytes, chunk_size: int, start: datetime = START, end: datetime = END
+) -> list[tuple[str, str]]:
+    """The fast path's day equals the reference's; returns the fast path's quarantine."""
+    expected = reference_rows(payload, start, end)
+    lines, rejected, stats = run_fast(payload, chunk_size, start, end)
 
     # the rows, in order, as COPY lines
     assert lines == [to_copy_line(a) for a in expected.rows]
@@ -179,7 +194,8 @@ def assert_equivalent(payload: bytes, chunk_size: int) -> None:
     assert [reason.split(":", 1)[0] for reason, _ in rejected] == [
         reason.split(":", 1)[0] for reason, _ in expected.rejected
     ]
-    # the counts
+    # the counts: each record received is counted exactly once
+    assert stats.received == stats.loaded + stats.rejected + stats.duplicates + stats.out_of_window
     assert stats.as_dict() == {
         "received": expected.received,
         "loaded": len(expected.rows),
@@ -193,6 +209,7 @@ def assert_equivalent(payload: bytes, chunk_size: int) -> None:
         sum(a.is_correct is True for a in expected.rows),
         len({a.user_id for a in expected.rows}),
     )
+    return rejected
 
 
 @SETTINGS
@@ -207,6 +224,78 @@ def test_column_lane_equals_the_reference(payload: bytes, chunk_size: int) -> No
     """Payloads msgspec decodes whole, so every record goes through the column lane first."""
     assert not decode_records(payload).odd  # every record goes through the column lane first
     assert_equivalent(payload, chunk_size)
+
+
+# The days around DAY: together they hold every moment `timestamps` draws.
+DAYS = [(START + timedelta(days=k), START + timedelta(days=k + 1)) for k in (-1, 0, 1)]
+
+
+@SETTINGS
+@given(payloads() | payloads(plain=True), st.sampled_from([7, 4096, 1 << 22]))
+def test_each_bad_record_is_quarantined_once_under_its_own_day(
+    payload: bytes, chunk_size: int
+) -> None:
+    """The same payload loaded as each of three days: a bad record with a readable created_at
+    is quarantined by its own day only, once; one without is quarantined by every day."""
+    readable_by_day: list[list[str]] = []
+    unreadable_by_day: list[set[str]] = []
+    for start, end in DAYS:
+        raws = [raw for _, raw in assert_equivalent(payload, chunk_size, start, end)]
+        assert len(raws) == len(set(raws))  # once a day
+        readable = []
+        for raw in raws:
+            moment = _reference_moment(orjson.loads(raw))
+            if moment is not None:
+                assert start <= moment < end  # under its own day
+                readable.append(raw)
+        readable_by_day.append(readable)
+        unreadable_by_day.append(set(raws) - set(readable))
+    assert unreadable_by_day[0] == unreadable_by_day[1] == unreadable_by_day[2]
+    quarantined = [raw for raws in readable_by_day for raw in raws]
+    assert len(quarantined) == len(set(quarantined))  # by one day only
+    everywhere = reference_rows(payload, datetime.min, datetime.max).rejected
+    own_day = {json.dumps(rec) for _, rec in everywhere if _reference_moment(rec) is not None}
+    assert {json.dumps(orjson.loads(raw)) for raw in quarantined} == own_day  # and none lost
+
+
+def test_a_bad_record_is_quarantined_once_under_its_own_day_in_both_lanes() -> None:
+    user = "a" * 32
+    good = {
+        "lti_user_id": user,
+        "passback_params": repr({"oauth_consumer_key": "", "lis_result_sourcedid": "s"}),
+        "is_correct": 1,
+        "attempt_type": "run",
+        "created_at": "2024-10-08 10:00:00.000000",
+    }
+    tomorrow = {**good, "attempt_type": "RUN", "created_at": "2024-10-09 10:00:00.000000"}
+    at_end = {**good, "lti_user_id": "g" * 32, "created_at": "2024-10-09 00:00:00.000000"}
+    last = {**good, "lti_user_id": "g" * 32, "created_at": "2024-10-08 23:59:59.999999"}
+    unreadable = {**good, "attempt_type": "RUN", "created_at": "2024-10-32 10:00:00.000000"}
+    repeated = {**good, "passback_params": "{'a': 1}"}
+    plain = [good, tomorrow, at_end, last, unreadable, repeated, repeated, good]
+    mixed = [*plain, "not an object", "not an object"]
+    assert not decode_records(orjson.dumps(plain)).odd  # the column lane first
+    with pytest.raises(msgspec.ValidationError):
+        decode_records(orjson.dumps(mixed))  # too many odd records: the per-record lane
+    next_day = (END, END + timedelta(days=1))
+    for chunk_size in (1, 64, 1 << 22):
+        rejected = assert_equivalent(orjson.dumps(plain), chunk_size)
+        assert [orjson.loads(raw) for _, raw in rejected] == [last, unreadable, repeated]
+        assert run_fast(orjson.dumps(plain), chunk_size)[2] == DayStats(
+            received=8, loaded=1, rejected=3, duplicates=2, out_of_window=2
+        )
+        rejected = assert_equivalent(orjson.dumps(mixed), chunk_size)
+        assert [orjson.loads(raw) for _, raw in rejected] == [
+            last,
+            unreadable,
+            repeated,
+            "not an object",
+        ]
+        assert run_fast(orjson.dumps(mixed), chunk_size)[2] == DayStats(
+            received=10, loaded=1, rejected=4, duplicates=3, out_of_window=2
+        )
+        rejected = assert_equivalent(orjson.dumps(plain), chunk_size, *next_day)
+        assert [orjson.loads(raw) for _, raw in rejected] == [tomorrow, at_end, unreadable]
 
 
 def test_column_lane_leaves_odd_records_to_the_per_record_lane() -> None:

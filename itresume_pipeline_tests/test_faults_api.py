@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import date, datetime
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from dagster import DagsterEventType, DagsterInstance, materialize
@@ -246,7 +247,7 @@ FAULTS = {
         "unexpected data after the array",
     ),
     "not-an-array": (
-        lambda sim: sim.set_day_payload(DAY, b'{"errors": []}'),
+        lambda sim: sim.set_day_payload(DAY, b'"errors"'),
         "not a JSON array",
     ),
 }
@@ -277,6 +278,28 @@ def test_transport_and_body_faults_are_retried_then_fail_changing_nothing(
     assert (10 - pending if pending else len(api_requests(small_simulator))) == 3
     assert [e.step_key for e in step_failures(result)] == ["raw_attempts"]
     assert retries_of(result) == 0  # no Dagster-level re-execution on top of the client's
+    assert (db_state(warehouse), sheet_values(emulator), landing_state()) == before
+    assert not partial_files()
+
+
+def test_a_200_error_object_fails_at_once_quoting_the_api_without_the_key(
+    resources: dict[str, Any], small_simulator: ApiSimulator, warehouse, emulator
+) -> None:
+    """`{"errors": ...}` with HTTP 200 is the API speaking, not a proxy's hiccup: no retry, and
+    its words are quoted, masked first, so a key it echoes never shows, not even in part."""
+    seed_day(resources)
+    before = (db_state(warehouse), sheet_values(emulator), landing_state())
+    small_simulator.requests.clear()
+    message = f"no such key {TEST_CLIENT_KEY} for client {TEST_CLIENT}"
+    small_simulator.set_day_payload(DAY, orjson.dumps({"errors": message}))
+
+    result = run_pipeline(resources)
+
+    assert not result.success
+    text = failure_text(result)
+    assert "HTTP 200 with an error instead of data: no such key *** for client" in text, text
+    assert not any(TEST_CLIENT_KEY[i : i + 8] in text for i in range(len(TEST_CLIENT_KEY) - 7))
+    assert len(api_requests(small_simulator)) == 1 and retries_of(result) == 0
     assert (db_state(warehouse), sheet_values(emulator), landing_state()) == before
     assert not partial_files()
 

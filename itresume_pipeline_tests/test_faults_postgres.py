@@ -30,8 +30,11 @@ from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.resources.postgres import (
     DAY_LOCK_NAMESPACE,
+    MIGRATION_LOCK_KEY,
+    SCHEMA_VERSION,
     PostgresResource,
     WarehouseError,
+    forget_migrations,
 )
 from itresume_pipeline.simulator import ApiSimulator, generate_day
 from itresume_pipeline_tests.test_faults_api import (
@@ -96,8 +99,11 @@ class Gate:
         self._holder.close()
 
 
-def wait_for_waiters(url: str, classid: int, objid: int, count: int, timeout: float) -> list[int]:
-    """Backends waiting for the two-key advisory lock (classid, objid)."""
+def wait_for_waiters(
+    url: str, classid: int, objid: int, count: int, timeout: float, objsubid: int = 2
+) -> list[int]:
+    """Backends waiting for the advisory lock (classid, objid): two int4 keys (objsubid 2), or
+    one int8 key split in halves (objsubid 1)."""
     deadline = time.monotonic() + timeout
     with psycopg.connect(url, autocommit=True) as conn:
         while True:
@@ -105,8 +111,8 @@ def wait_for_waiters(url: str, classid: int, objid: int, count: int, timeout: fl
                 row[0]
                 for row in conn.execute(
                     "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                    "AND classid = %s AND objid = %s AND objsubid = 2",
-                    (classid, objid),
+                    "AND classid = %s AND objid = %s AND objsubid = %s",
+                    (classid, objid, objsubid),
                 )
             ]
             if len(pids) >= count or time.monotonic() > deadline:
@@ -318,3 +324,67 @@ def test_the_same_day_twice_at_once_is_serialized_without_duplicates(
             sql.SQL("SELECT DISTINCT run_id FROM {}").format(warehouse.table("attempts"))
         ).fetchall()
     assert run_ids == [(results[1].run_id,)]  # the later load replaced the earlier one whole
+
+
+# -- first use of the schema by a fresh process ----------------------------------------------
+
+
+def _first_use_in_background(warehouse: PostgresResource) -> tuple[threading.Thread, list]:
+    """A fresh process's first query (migrations forgotten), in a thread; its result lands in
+    the list."""
+    forget_migrations()
+    fresh = PostgresResource(database_url=warehouse.database_url, schema_name=warehouse._schema())
+    done: list = []
+
+    def first_query() -> None:
+        with fresh.connect() as conn:
+            query = sql.SQL("SELECT count(*) FROM {}").format(fresh.table("attempts"))
+            done.append(conn.execute(query).fetchone()[0])
+
+    thread = threading.Thread(target=first_query, daemon=True)
+    thread.start()
+    return thread, done
+
+
+def test_a_fresh_process_does_not_wait_for_a_running_load(warehouse: PostgresResource) -> None:
+    with warehouse.connect() as load:  # a load, stopped inside its transaction
+        warehouse.lock_days(load, [DAY])
+        load.execute(
+            sql.SQL(
+                "INSERT INTO {} (user_id, attempt_type, created_at) VALUES ('u', 'run', %s)"
+            ).format(warehouse.table("attempts")),
+            (DAY,),
+        )
+        try:
+            thread, done = _first_use_in_background(warehouse)
+            thread.join(2.0)
+            assert done == [0], "the first use waited for the load's locks"
+        finally:
+            load.rollback()
+    thread.join(30)
+
+
+def test_a_schema_without_its_version_is_migrated_under_the_migration_lock(
+    warehouse: PostgresResource,
+) -> None:
+    version = warehouse.table("schema_version")
+    with warehouse.connect(autocommit=True) as conn:
+        assert conn.execute(sql.SQL("SELECT version FROM {}").format(version)).fetchall() == [
+            (SCHEMA_VERSION,)
+        ]
+        conn.execute(sql.SQL("DROP TABLE {}").format(version))  # as a schema of older code left it
+    with psycopg.connect(warehouse.database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        thread, done = _first_use_in_background(warehouse)
+        waiting = wait_for_waiters(
+            warehouse.database_url, 0, MIGRATION_LOCK_KEY, count=1, timeout=10, objsubid=1
+        )
+        assert "pg_advisory_xact_lock" in current_query(warehouse.database_url, waiting[0])
+        assert done == []
+        holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    thread.join(30)
+    assert done == [0]
+    with warehouse.connect(autocommit=True) as conn:
+        assert conn.execute(sql.SQL("SELECT version FROM {}").format(version)).fetchall() == [
+            (SCHEMA_VERSION,)
+        ]

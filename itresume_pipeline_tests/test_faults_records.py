@@ -14,6 +14,7 @@ import gzip
 import io
 import os
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,42 @@ def test_every_bad_record_is_quarantined_with_its_field_and_the_rest_load(
     assert meta["loaded"] == len(loaded)
     assert sum(meta["reject_reasons"].values()) == expected_rejects
     assert set(meta["reject_reasons"]) <= set(FIELDS)
+
+
+def test_a_bad_record_is_quarantined_once_under_its_own_day(
+    small_simulator: ApiSimulator, api_and_warehouse: dict[str, Any]
+) -> None:
+    """Tomorrow's bad record served today too, a bad record served twice: one row each, under
+    the day it belongs to; and the counts of each day's load add up to what it received."""
+    warehouse = api_and_warehouse["warehouse"]
+    tomorrow = DAY + timedelta(days=1)
+    good, next_good = day_records(small_simulator)[:10], day_records(small_simulator, tomorrow)[:10]
+    of_tomorrow = rec("of-tomorrow", attempt_type="RUN", created_at=f"{tomorrow} 09:00:00")
+    twice = rec("twice", passback_params="{'a': 1}")
+    unreadable = rec("unreadable", lti_user_id="XYZ", created_at="2024-10-32 09:00:00")
+    today = [*good, of_tomorrow, twice, twice, unreadable, "not an object", "not an object"]
+    small_simulator.set_day_payload(DAY, today)
+    small_simulator.set_day_payload(tomorrow, [*next_good, of_tomorrow])
+
+    counts = {}
+    for day in (DAY, tomorrow):
+        result = run_pipeline(
+            api_and_warehouse, partition=day.isoformat(), assets=[raw_attempts, postgres_attempts]
+        )
+        assert result.success
+        meta = metadata(result, "postgres_attempts")
+        counts[day] = [meta[k] for k in ("received", "loaded", "rejected", "duplicates")]
+        counts[day].append(meta["out_of_window"])
+        received, loaded, rejected, duplicates, out_of_window = counts[day]
+        assert received == loaded + rejected + duplicates + out_of_window
+
+    assert counts == {DAY: [16, 10, 3, 2, 1], tomorrow: [11, 10, 1, 0, 0]}
+    quarantine = sorted(
+        (day, _case_of(raw)) for day, _, raw in db_rows(warehouse, "attempts_rejected")
+    )
+    assert quarantine == sorted(
+        [(DAY, "twice"), (DAY, "unreadable"), (DAY, '"not an object"'), (tomorrow, "of-tomorrow")]
+    )
 
 
 def _case_of(raw: str) -> str:

@@ -132,6 +132,12 @@ def test_the_shipped_instance_stores_runs_in_postgres(
         ]
         assert instance.run_retries_enabled and instance.run_retries_max_retries == 0
         assert not instance.telemetry_enabled
+        # Run monitoring as the DefaultRunLauncher allows it: start/cancel timeouts, no resume
+        # (Dagster refuses max_resume_run_attempts > 0 for a launcher that cannot resume).
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_start_timeout_seconds == 180
+        assert instance.run_monitoring_max_resume_run_attempts == 0
+        assert not instance.run_launcher.supports_check_run_worker_health
 
         result = dg.materialize([tiny_report], instance=instance, partition_key="2024-10-08")
         assert result.success
@@ -292,7 +298,7 @@ STATUS_QUERY = """
     ... on Schedules { results { name scheduleState { status } } }
   }
   sensorsOrError(repositorySelector: {repositoryName: "__repository__",
-                                      repositoryLocationName: "itresume_pipeline"}) {
+                                      repositoryLocationName: "itresume_alerting"}) {
     ... on Sensors { results { name sensorState { status } } }
   }
 }
@@ -371,6 +377,7 @@ def test_make_dev_serves_the_ui_and_stops_everything(
         }
         assert {s["name"]: s["sensorState"]["status"] for s in sensors} == {
             "alert_outbox_flush": "RUNNING",
+            "dead_run_detector": "RUNNING",
             "run_failure_alert": "RUNNING",
         }
         home = tmp_path / "home" / "dagster"

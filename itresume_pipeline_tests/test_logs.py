@@ -28,6 +28,7 @@ from itresume_pipeline.logs import (
     python_logs_settings,
     retention_days,
 )
+from itresume_pipeline.settings import SettingError
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY
 
 SECRET = "sEcReT-KeY-4f1d9c"
@@ -168,8 +169,7 @@ def test_retention_keeps_today_and_the_days_before_it(log_dir: Path):
     [
         ("1", ["2024-10-09.txt"]),
         ("2", ["2024-10-08.txt", "2024-10-09.txt"]),
-        ("0", [f"2024-10-{d:02d}.txt" for d in range(1, 10)]),  # retention off
-        ("many", ["2024-10-07.txt", "2024-10-08.txt", "2024-10-09.txt"]),  # garbage: default
+        (" 3 ", ["2024-10-07.txt", "2024-10-08.txt", "2024-10-09.txt"]),
     ],
 )
 def test_retention_setting(log_dir: Path, monkeypatch: pytest.MonkeyPatch, setting, kept):
@@ -179,6 +179,31 @@ def test_retention_setting(log_dir: Path, monkeypatch: pytest.MonkeyPatch, setti
     remaining = [n for n in files(log_dir) if n.startswith("2024-10-") and n[8:10] <= "09"]
     assert [n for n in remaining if n.endswith(".txt") and len(n) == 14] == kept
     _assert_untouched(log_dir, others)
+
+
+@pytest.mark.parametrize("setting", ["0", "-1", "three", "2.5"])
+def test_a_bad_retention_is_an_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, setting: str
+):
+    monkeypatch.setenv("ITRESUME_LOG_RETENTION_DAYS", setting)
+    with pytest.raises(SettingError, match="ITRESUME_LOG_RETENTION_DAYS"):
+        retention_days()
+
+
+def test_a_bad_retention_keeps_logging_and_deletes_nothing(
+    log_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    monkeypatch.setenv("ITRESUME_LOG_RETENTION_DAYS", "0")
+    _populate(log_dir)
+    before = files(log_dir)
+    handler = DatedFileHandler()
+    handler.handle(at(datetime(2024, 10, 9, 23, 0, tzinfo=UTC), "still written"))
+    handler.handle(at(datetime(2024, 10, 9, 23, 1, tzinfo=UTC), "and again"))
+    assert files(log_dir) == before
+    text = (log_dir / "2024-10-09.txt").read_text()
+    assert "still written" in text and "and again" in text
+    err = capsys.readouterr().err
+    assert err.count("ITRESUME_LOG_RETENTION_DAYS='0' must be at least 1") == 1
 
 
 def test_retention_runs_again_when_a_new_day_starts(log_dir: Path):

@@ -1,16 +1,20 @@
 """MailResource against a real SMTP server (aiosmtpd) in all three security modes, and `redact`.
 
-No SMTP mocks: each test starts an aiosmtpd Controller on a free port, with a trustme CA for TLS.
+No SMTP mocks: each test starts an aiosmtpd Controller on a free port, with a trustme CA for TLS,
+or, to see what a relay echoes back, a small socket server of its own (`EchoingRelay`).
 `SmtpSink` and `smtp_server` are reused by test_sensors.py.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import socket
+import socketserver
 import ssl
+import threading
 import traceback
 from collections.abc import Iterator
 from email import message_from_bytes, policy
@@ -22,9 +26,12 @@ import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from dagster import EnvVar
 
+from itresume_pipeline.alerts import AlertSpool
 from itresume_pipeline.redaction import redact
 from itresume_pipeline.resources.mail import MailDeliveryError, MailResource
+from itresume_pipeline.settings import SettingError
 
 USER = "bot"
 PASSWORD = "s3cret-Пароль"  # non-ASCII on purpose: it must survive AUTH and never leak
@@ -182,15 +189,19 @@ def test_server_down_raises_a_clear_error() -> None:
         mail.send(russian_message())
 
 
-def test_no_recipients_is_an_error() -> None:
-    with pytest.raises(MailDeliveryError, match="no recipients"):
+def test_no_recipients_is_an_error_naming_the_variable() -> None:
+    with pytest.raises(MailDeliveryError, match="ITRESUME_ALERT_TO not set") as info:
         mail_for(25, "none", None, to_addrs="").send(russian_message())
+    assert info.value.step == "config"
 
 
 # -- outbox -------------------------------------------------------------------------------------
 
 
-def test_outbox_writes_a_valid_eml_atomically(tmp_path: Path) -> None:
+def test_outbox_writes_a_valid_eml_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ITRESUME_PROFILE", "local")
     mail = MailResource(outbox_dir=str(tmp_path / "outbox"), to_addrs="ops@example.test")
     first = Path(mail.send(russian_message()))
     second = Path(mail.send(russian_message()))
@@ -207,6 +218,7 @@ def test_outbox_default_is_under_itresume_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ITRESUME_HOME", str(tmp_path))
+    monkeypatch.setenv("ITRESUME_PROFILE", "local")
     msg = EmailMessage()
     msg["Subject"] = "Run failed: daily job"
     msg.set_content("x")
@@ -227,20 +239,202 @@ def test_security_is_validated_and_ports_default() -> None:
     assert MailResource(security="ssl", port=2465).effective_port == 2465
 
 
-def test_from_env_uses_envvars_only_for_set_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("ITRESUME_SMTP_HOST", "ITRESUME_SMTP_USER", "ITRESUME_SMTP_CA_FILE"):
+MAIL_VARS = (
+    "ITRESUME_SMTP_HOST",
+    "ITRESUME_SMTP_PORT",
+    "ITRESUME_SMTP_SECURITY",
+    "ITRESUME_SMTP_USER",
+    "ITRESUME_SMTP_PASSWORD",
+    "ITRESUME_SMTP_CA_FILE",
+    "ITRESUME_ALERT_FROM",
+    "ITRESUME_ALERT_TO",
+    "ITRESUME_PROFILE",
+)
+
+
+@pytest.fixture
+def mail_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """Production (no profile), no mail setting inherited from the shell, a private home."""
+    for var in MAIL_VARS:
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("ITRESUME_SMTP_PORT", "2525")
-    monkeypatch.setenv("ITRESUME_SMTP_SECURITY", "none")
-    monkeypatch.setenv("ITRESUME_SMTP_PASSWORD", "pw-from-env")
-    monkeypatch.setenv("ITRESUME_ALERT_TO", "a@example.test,b@example.test")
-    mail = MailResource.from_env()
-    # unset host -> default "" (outbox mode) instead of an EnvVar that would fail every tick
-    assert mail.host == ""
+    monkeypatch.setenv("ITRESUME_HOME", str(tmp_path / "home"))
+    return monkeypatch
+
+
+def test_from_settings_reads_checked_values_and_keeps_the_password_an_envvar(
+    mail_env: pytest.MonkeyPatch,
+) -> None:
+    mail_env.setenv("ITRESUME_SMTP_HOST", "relay.example.test")
+    mail_env.setenv("ITRESUME_SMTP_PORT", "2525")
+    mail_env.setenv("ITRESUME_SMTP_SECURITY", "NONE")
+    mail_env.setenv("ITRESUME_SMTP_USER", "bot")
+    mail_env.setenv("ITRESUME_SMTP_PASSWORD", "pw-from-env")
+    mail_env.setenv("ITRESUME_ALERT_TO", "a@example.test, Дежурный <b@example.test>")
+    mail = MailResource.from_settings()
+    assert isinstance(mail.password, EnvVar)  # the UI shows the variable, never the value
+    assert "pw-from-env" not in repr(mail)
     resolved = mail.process_config_and_initialize()
-    assert resolved.port == 2525 and resolved.security == "none"
+    assert (resolved.host, resolved.port, resolved.security) == ("relay.example.test", 2525, "none")
     assert resolved.password == "pw-from-env"
     assert resolved.recipients == ["a@example.test", "b@example.test"]
+
+
+@pytest.mark.parametrize(
+    ("var", "value"),
+    [
+        ("ITRESUME_SMTP_SECURITY", "tls"),
+        ("ITRESUME_SMTP_PORT", "0"),
+        ("ITRESUME_SMTP_PORT", "smtp"),
+        ("ITRESUME_SMTP_PORT", "70000"),
+        ("ITRESUME_ALERT_TO", "ops@example.test, oncall"),
+        ("ITRESUME_ALERT_TO", "@example.test"),
+        ("ITRESUME_ALERT_FROM", "alerts"),
+        ("ITRESUME_ALERT_FROM", "a@example.test, b@example.test"),
+        ("ITRESUME_SMTP_CA_FILE", "/nonexistent/ca.pem"),
+    ],
+)
+def test_a_bad_mail_setting_is_an_error_naming_it(
+    mail_env: pytest.MonkeyPatch, var: str, value: str
+) -> None:
+    mail_env.setenv(var, value)
+    with pytest.raises(SettingError, match=var):
+        MailResource.from_settings()
+
+
+def test_a_user_without_a_password_names_the_password_variable(
+    mail_env: pytest.MonkeyPatch,
+) -> None:
+    mail_env.setenv("ITRESUME_SMTP_USER", "bot")
+    with pytest.raises(SettingError, match="ITRESUME_SMTP_PASSWORD"):
+        MailResource.from_settings()
+
+
+def test_no_host_in_production_refuses_instead_of_writing_an_unread_file(
+    mail_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    mail = MailResource.from_settings().process_config_and_initialize()
+    problem = mail.delivery_problem() or ""
+    assert "NOT being delivered" in problem
+    assert "ITRESUME_SMTP_HOST" in problem and "ITRESUME_ALERT_TO" in problem
+    with pytest.raises(MailDeliveryError, match="ITRESUME_SMTP_HOST") as info:
+        mail.send(russian_message())
+    assert info.value.step == "config"
+    assert not (tmp_path / "home" / "outbox").exists()
+
+    mail_env.setenv("ITRESUME_PROFILE", "local")  # the local rig: the outbox is the inbox
+    assert mail.delivery_problem() is None
+    assert Path(mail.send(russian_message())).parent == tmp_path / "home" / "outbox"
+
+
+def test_alerts_wait_without_a_relay_and_go_out_once_when_it_is_configured(
+    mail_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    spool = AlertSpool(tmp_path / "spool")
+    assert spool.enqueue("run-1", russian_message())
+    unconfigured = MailResource.from_settings().process_config_and_initialize()
+    for _ in range(2):
+        result = spool.flush(unconfigured)
+        assert list(result.failed) == ["run-1"] and "ITRESUME_SMTP_HOST" in result.failed["run-1"]
+    assert spool.pending_keys() == ["run-1"] and spool.sent_keys() == []
+
+    with smtp_server("none") as (sink, port):
+        mail_env.setenv("ITRESUME_SMTP_HOST", "localhost")
+        mail_env.setenv("ITRESUME_SMTP_PORT", str(port))
+        mail_env.setenv("ITRESUME_SMTP_SECURITY", "none")
+        mail_env.setenv("ITRESUME_ALERT_TO", "ops@example.test")
+        configured = MailResource.from_settings().process_config_and_initialize()
+        assert spool.flush(configured).sent == ["run-1"]
+        assert spool.flush(configured).sent == []
+    assert len(sink.envelopes) == 1
+    assert sink.messages()[0]["Subject"] == russian_message()["Subject"]
+
+
+# -- a relay that echoes the AUTH exchange ------------------------------------------------------
+
+
+class _EchoHandler(socketserver.StreamRequestHandler):
+    """Speaks just enough SMTP to take AUTH, and quotes every AUTH line in its 535 reply."""
+
+    mechanisms = "PLAIN"
+
+    def _reply(self, text: str) -> None:
+        self.wfile.write(text.encode() + b"\r\n")
+
+    def handle(self) -> None:
+        self._reply("220 echo.test ESMTP")
+        for raw in self.rfile:
+            line = raw.decode("utf-8", "replace").rstrip("\r\n")
+            verb = line.split(" ", 1)[0].upper()
+            if verb in ("EHLO", "HELO"):
+                self._reply("250-echo.test")
+                self._reply(f"250 AUTH {self.server.mechanisms}")  # type: ignore[attr-defined]
+            elif line.upper().startswith("AUTH LOGIN"):
+                self._reply("334 UGFzc3dvcmQ6")
+                answer = self.rfile.readline().decode().strip()
+                self._reply(f"535 5.7.8 rejected {line!r} then {answer!r}")
+            elif verb == "AUTH":
+                self._reply(f"535 5.7.8 rejected {line!r}")
+            elif verb == "QUIT":
+                self._reply("221 bye")
+                return
+            else:
+                self._reply("250 ok")
+
+
+@contextlib.contextmanager
+def echoing_relay(mechanisms: str) -> Iterator[int]:
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _EchoHandler)
+    server.daemon_threads = True
+    server.mechanisms = mechanisms  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _wire_forms(user: str, password: str) -> list[str]:
+    raw = [f"\0{user}\0{password}", user, password]
+    tokens = [base64.b64encode(form.encode()).decode() for form in raw]
+    return [password, *tokens, *(token.rstrip("=") for token in tokens)]
+
+
+class _Lines:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, msg: str, *args: Any) -> None:
+        self.lines.append(msg)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self.lines.append(msg)
+
+
+@pytest.mark.parametrize(
+    ("mechanisms", "password"),
+    [("PLAIN", "ascii-Pass-7731"), ("LOGIN", "ascii-Pass-7731"), ("PLAIN", PASSWORD)],
+)
+def test_an_echoed_auth_exchange_never_reaches_errors_or_tick_logs(
+    tmp_path: Path, mechanisms: str, password: str
+) -> None:
+    user = "alerts-bot-user"
+    spool = AlertSpool(tmp_path / "spool")
+    spool.enqueue("run-1", russian_message())
+    logger = _Lines()
+    with echoing_relay(mechanisms) as port:
+        mail = mail_for(port, "none", None, user=user, password=password)
+        with pytest.raises(MailDeliveryError) as info:
+            mail.send(russian_message())
+        result = spool.flush(mail, logger)
+    error = "".join(traceback.format_exception(info.value))
+    assert "535" in error and "rejected" in error and "***" in error  # the echo, masked
+    seen = "\n".join([error, *result.failed.values(), *logger.lines])
+    assert "rejected" in result.failed["run-1"]
+    for form in _wire_forms(user, password):
+        fragments = {form[i : i + 8] for i in range(max(1, len(form) - 7))}
+        assert not [f for f in fragments if f in seen], form
 
 
 # -- redaction (shared by every module; kept here with the other secret-handling tests) ----------

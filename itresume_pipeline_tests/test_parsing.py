@@ -16,6 +16,8 @@ from itresume_pipeline.parsing import (
     PassbackError,
     RejectedRecord,
     _reference_attempt,
+    _reference_moment,
+    claimed_moment,
     parse_passback,
     to_copy_line,
     to_row,
@@ -473,3 +475,38 @@ def test_validate_record_agrees_with_the_reference(rec: object) -> None:
     attempt, line = to_row(rec)
     assert attempt == expected
     assert line == to_copy_line(expected)
+
+
+@pytest.mark.parametrize(
+    ("rec", "expected"),
+    [
+        (record(lti_user_id="XYZ", created_at="2024-10-09 08:00:00"), datetime(2024, 10, 9, 8)),
+        (
+            record(attempt_type="RUN", created_at="2024-10-07T23:59:59.5"),
+            datetime(2024, 10, 7, 23, 59, 59, 500000),
+        ),
+        (record(passback_params=None), datetime(2024, 10, 8, 12, 34, 56, 123456)),
+        (record(created_at="2024-02-30 10:00:00"), None),  # not a real date: no day of its own
+        (record(created_at="2024-10-09 10:00:00+03:00"), None),
+        (record(created_at=DROP), None),
+        (record(created_at=1728381600), None),
+        (["2024-10-08 12:00:00"], None),
+    ],
+)
+def test_claimed_moment_reads_created_at_whatever_else_is_wrong(
+    rec: object, expected: datetime | None
+) -> None:
+    """The day a bad record belongs to: its created_at by the rule a row's must follow."""
+    assert claimed_moment(rec) == expected
+
+
+@SETTINGS
+@given(records())
+def test_claimed_moment_agrees_with_the_reference_and_with_the_row(rec: object) -> None:
+    moment = claimed_moment(rec)
+    assert moment == _reference_moment(rec)
+    try:
+        attempt = validate_record(rec)
+    except RejectedRecord:
+        return
+    assert moment == attempt.created_at

@@ -322,3 +322,15 @@ def test_process_day_structural_damage_raises() -> None:
         run_day(orjson.dumps([record()] * 50)[:-1], 64)
     with pytest.raises(PayloadError):
         run_day(b"<!DOCTYPE html>")
+
+
+def test_an_undecodable_record_served_twice_is_quarantined_once() -> None:
+    """The same broken bytes at two offsets: one row to quarantine (the first), one duplicate."""
+    broken = b'{"a": "\xff"}'
+    payload = b"[" + b", ".join([broken, orjson.dumps(record()), broken]) + b"]"
+    for chunk_size in (8, 4 << 20):
+        batches = run_day(payload, chunk_size)
+        assert DayStats.of(batches) == DayStats(received=3, loaded=1, rejected=1, duplicates=1)
+        [(reason, raw)] = [r for b in batches for r in b.rejected]
+        assert reason.startswith("record: undecodable JSON at byte offset 1:")
+        assert raw == '{"a": "\\xff"}'

@@ -95,3 +95,72 @@ def test_with_nothing_configured_the_report_is_a_flagged_local_csv(api, warehous
     metadata = result.asset_materializations_for_node("sheets_report")[0].metadata
     assert metadata["sheet_mode"].value == "local-csv"
     assert metadata["local_csv_not_google"].value is True
+
+
+def step_failure_text(result) -> str:
+    """What the failed steps say: the user failure's description, else the error."""
+    texts = []
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        if data.user_failure_data is not None:
+            texts.append(data.user_failure_data.description or "")
+        texts.append(data.error.to_string() if data.error else "")
+    return "\n".join(texts)
+
+
+def sheet_check(result):
+    return [
+        e for e in result.get_asset_check_evaluations() if e.asset_key.path == ["sheets_report"]
+    ]
+
+
+def test_in_production_a_missing_sheet_setting_fails_the_run_and_writes_no_file(
+    api, warehouse, itresume_home, monkeypatch
+):
+    monkeypatch.delenv("ITRESUME_PROFILE")
+
+    result = run_all(api, warehouse, SheetsResource(), partition="2024-10-08")
+
+    assert not result.success
+    text = step_failure_text(result)
+    assert "ITRESUME_SHEETS_SPREADSHEET_ID is not set" in text
+    assert "ITRESUME_SHEETS_CREDENTIALS is not set" in text
+    assert not (itresume_home / "sheets").exists()
+    assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)
+
+
+def test_a_title_row_above_the_header_keeps_the_history_in_its_columns(api, warehouse):
+    with SheetsEmulator() as emulator:
+        emulator.create_spreadsheet(SHEET_ID, sheets=["daily_metrics"])
+        emulator.set_values(SHEET_ID, "daily_metrics", [["Daily report"], HEADER])
+        sheets = SheetsResource(emulator_host=emulator.host_port, spreadsheet_id=SHEET_ID)
+        for day in ("2024-10-02", "2024-10-01"):
+            result = run_all(api, warehouse, sheets, partition=day)
+            assert result.success
+
+        assert emulator.values(SHEET_ID, "daily_metrics") == [
+            ["Daily report"],
+            HEADER,
+            *metrics_rows(warehouse),
+        ]
+        [check] = sheet_check(result)
+        assert check.passed
+
+
+def test_a_sheet_without_a_findable_header_fails_the_check_and_the_run(api, warehouse):
+    broken = [["Daily report"], ["Date", "Attempts", "Successful", "Users"], ["2024-10-01", 1]]
+    with SheetsEmulator() as emulator:
+        emulator.create_spreadsheet(SHEET_ID, sheets=["daily_metrics"])
+        emulator.set_values(SHEET_ID, "daily_metrics", broken)
+        sheets = SheetsResource(emulator_host=emulator.host_port, spreadsheet_id=SHEET_ID)
+
+        result = run_all(api, warehouse, sheets, partition="2024-10-08")
+
+        assert not result.success
+        assert "worksheet 'daily_metrics' has no header row" in step_failure_text(result)
+        [check] = sheet_check(result)
+        assert not check.passed
+        assert "no header row" in check.metadata["error"].value
+        assert emulator.raw_values(SHEET_ID, "daily_metrics") == broken
+        assert emulator.write_calls() == 0
+        assert not any(e.event_type_value == "STEP_UP_FOR_RETRY" for e in result.all_events)

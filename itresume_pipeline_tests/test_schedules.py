@@ -1,15 +1,23 @@
-"""The daily schedule: which partition a tick asks for, its tags, and the cron setting."""
+"""The daily schedule: which partition a tick asks for, its tags, the cron setting, and at most
+one run per day on a real (temporary, local) Dagster instance."""
 
 import os
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from dagster import (
+    DagsterInstance,
     DagsterInvalidDefinitionError,
+    DagsterRun,
+    DagsterRunStatus,
     DefaultScheduleStatus,
+    SkipReason,
     build_schedule_context,
+    instance_for_test,
 )
 
 from itresume_pipeline import defs
@@ -25,16 +33,45 @@ from itresume_pipeline.schedules import (
 MOSCOW = timezone(timedelta(hours=3))
 
 
-def tick(scheduled: datetime):
+@pytest.fixture(scope="module")
+def shared_instance() -> Iterator[DagsterInstance]:
+    """For ticks that find no run: one instance, since a temp instance takes a while to make."""
+    with instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with instance_for_test() as fresh:
+        yield fresh
+
+
+def tick(scheduled: datetime, instance: DagsterInstance):
     schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
     context = build_schedule_context(
-        scheduled_execution_time=scheduled, repository_def=defs.get_repository_def()
+        instance=instance,
+        scheduled_execution_time=scheduled,
+        repository_def=defs.get_repository_def(),
     )
     return schedule.evaluate_tick(context)
 
 
-def test_a_tick_requests_yesterdays_partition_with_retries():
-    result = tick(datetime(2024, 10, 9, 1, 0, tzinfo=UTC))
+def add_run(instance: DagsterInstance, day: str, status: DagsterRunStatus, job: str = "") -> str:
+    """A run of the day as the instance stores it, in `status`."""
+    run_id = str(uuid.uuid4())
+    instance.add_run(
+        DagsterRun(
+            job_name=job or DAILY_JOB_NAME,
+            run_id=run_id,
+            status=status,
+            tags={"dagster/partition": day},
+        )
+    )
+    return run_id
+
+
+def test_a_tick_requests_yesterdays_partition_with_retries(shared_instance: DagsterInstance):
+    result = tick(datetime(2024, 10, 9, 1, 0, tzinfo=UTC), shared_instance)
     assert len(result.run_requests) == 1
     request = result.run_requests[0]
     assert request.partition_key == "2024-10-08"
@@ -54,9 +91,11 @@ def test_a_tick_requests_yesterdays_partition_with_retries():
         (datetime(2024, 10, 9, 3, 0, tzinfo=MOSCOW), "2024-10-08"),
     ],
 )
-def test_partition_is_the_utc_day_before_the_tick(scheduled: datetime, partition: str):
+def test_partition_is_the_utc_day_before_the_tick(
+    shared_instance: DagsterInstance, scheduled: datetime, partition: str
+):
     assert partition_for_tick(scheduled) == partition
-    assert tick(scheduled).run_requests[0].partition_key == partition
+    assert tick(scheduled, shared_instance).run_requests[0].partition_key == partition
 
 
 def test_schedule_defaults():
@@ -80,14 +119,59 @@ def test_cron_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
     assert build_daily_schedule("15 2 * * *").cron_schedule == "15 2 * * *"
 
 
-def test_an_hourly_cron_still_asks_for_yesterday():
+def test_an_hourly_cron_still_asks_for_yesterday(shared_instance: DagsterInstance):
     schedule = build_daily_schedule("0 * * * *")
     context = build_schedule_context(
+        instance=shared_instance,
         scheduled_execution_time=datetime(2024, 10, 9, 17, 0, tzinfo=UTC),
         repository_def=defs.get_repository_def(),
     )
     request = schedule.evaluate_tick(context).run_requests[0]
     assert (request.partition_key, request.run_key) == ("2024-10-08", "2024-10-08")
+
+
+@pytest.mark.parametrize(
+    "status",
+    [
+        DagsterRunStatus.NOT_STARTED,
+        DagsterRunStatus.STARTING,
+        DagsterRunStatus.STARTED,
+        DagsterRunStatus.SUCCESS,
+    ],
+)
+def test_a_day_with_a_live_or_successful_run_is_skipped(
+    instance: DagsterInstance, status: DagsterRunStatus
+):
+    existing = add_run(instance, "2024-10-08", status)
+    for minute in range(3):  # a cron firing every minute: three ticks, no new run
+        result = tick(datetime(2024, 10, 9, 1, minute, tzinfo=UTC), instance)
+        assert result.run_requests == []
+        assert existing in (result.skip_message or "")
+        assert status.value in (result.skip_message or "")
+
+
+def test_a_failed_day_is_tried_again_once_and_other_runs_do_not_block_it(
+    instance: DagsterInstance,
+):
+    add_run(instance, "2024-10-08", DagsterRunStatus.FAILURE)
+    add_run(instance, "2024-10-08", DagsterRunStatus.CANCELED)
+    add_run(instance, "2024-10-07", DagsterRunStatus.SUCCESS)  # another day
+    add_run(instance, "2024-10-08", DagsterRunStatus.STARTED, job="some_other_job")
+    (request,) = tick(datetime(2024, 10, 9, 1, 0, tzinfo=UTC), instance).run_requests
+    assert request.partition_key == "2024-10-08"
+    retry = add_run(instance, "2024-10-08", DagsterRunStatus.STARTED)  # the daemon launched it
+    again = tick(datetime(2024, 10, 9, 1, 1, tzinfo=UTC), instance)
+    assert again.run_requests == [] and retry in (again.skip_message or "")
+
+
+def test_the_skip_reason_comes_from_the_schedule_function(instance: DagsterInstance):
+    existing = add_run(instance, "2024-10-08", DagsterRunStatus.STARTED)
+    schedule = build_daily_schedule("* * * * *")
+    context = build_schedule_context(
+        instance=instance, scheduled_execution_time=datetime(2024, 10, 9, 1, 5, tzinfo=UTC)
+    )
+    reason = schedule(context)
+    assert isinstance(reason, SkipReason) and existing in (reason.skip_message or "")
 
 
 def test_a_bad_cron_names_the_variable(monkeypatch: pytest.MonkeyPatch):

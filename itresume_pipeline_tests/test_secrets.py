@@ -14,6 +14,7 @@ that no SQL statement in the product code is built by string formatting.
 from __future__ import annotations
 
 import ast
+import base64
 import contextlib
 import gzip
 import json
@@ -46,7 +47,8 @@ from itresume_pipeline.loading import replace_days
 from itresume_pipeline.logs import python_logs_settings
 from itresume_pipeline.partitions import day_bounds
 from itresume_pipeline.payload import count_records
-from itresume_pipeline.resources import build_resources
+from itresume_pipeline.redaction import redact
+from itresume_pipeline.resources import build_alert_resources, build_resources
 from itresume_pipeline.resources.api import ItResumeApiResource
 from itresume_pipeline.resources.mail import MailDeliveryError, MailResource
 from itresume_pipeline.resources.postgres import PostgresResource, WarehouseError
@@ -230,7 +232,8 @@ def world(
         }
         for name, value in env.items():
             monkeypatch.setenv(name, value)
-        resources = build_resources()  # as definitions.py wires them: EnvVar secrets
+        # As the code locations wire them: EnvVar secrets.
+        resources = {**build_resources(), **build_alert_resources()}
         # Only what a deployment would tune differently in a test: the Sheets API root (the
         # emulator instead of Google, with the real OAuth flow) and millisecond backoffs.
         resources["sheets"] = SheetsResource(
@@ -558,7 +561,7 @@ def test_a_worksheet_name_cannot_escape_the_local_sheet_folder(
     tmp_path: Path, worksheet: str
 ) -> None:
     local = tmp_path / "sheets"
-    sheets = SheetsResource(local_dir=str(local), worksheet=worksheet)
+    sheets = SheetsResource(backend="csv", local_dir=str(local), worksheet=worksheet)
     row = {"date": "2024-10-08", "attempts": 5, "successful_attempts": 2, "unique_users": 3}
     sheets.upsert_rows([row])
     assert sheets.csv_path.parent == local
@@ -612,3 +615,51 @@ def test_the_sql_scan_would_catch_formatting() -> None:
     assert len(_formatted_sql(bad)) == 4
     good = ast.parse('f"download finished: {n} records"\nsql.SQL("SELECT {}").format(x)\n')
     assert _formatted_sql(good) == []
+
+
+# -- secrets cut short or encoded --------------------------------------------------------------
+
+ODD_PASSWORD = "s3cr3t/pw+LEAK=ok&x ü"  # characters that URL encoding and base64 both change
+
+
+def _leaked_bytes(text: str, secret: bytes, size: int = 8) -> list[bytes]:
+    """Pieces of `secret` that base64-decoding any stretch of `text` gives back."""
+    windows = {secret[i : i + size] for i in range(len(secret) - size + 1)}
+    found = []
+    for run in re.findall(r"[A-Za-z0-9+/_-]{4,}", text):
+        for skip in range(4):
+            chunk = run[skip:]
+            chunk = chunk[: len(chunk) - len(chunk) % 4].replace("-", "+").replace("_", "/")
+            decoded = base64.b64decode(chunk) if chunk else b""
+            found += [w for w in windows if w in decoded]
+    return found
+
+
+def test_any_eight_characters_of_a_configured_secret_are_masked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error text cut by someone else (the API, a proxy) holds only part of the key."""
+    monkeypatch.setenv("ITRESUME_CLIENT_KEY", CLIENT_KEY)
+    for start in range(len(CLIENT_KEY) - 7):
+        for end in range(start + 8, len(CLIENT_KEY) + 1):
+            piece = CLIENT_KEY[start:end]
+            assert redact(f"no such key {piece}… (cut)") == "no such key ***… (cut)", piece
+    assert redact(f"x{CLIENT_KEY[3:12]}y") == "x***y"
+
+
+def test_url_encoded_and_base64_forms_of_a_secret_are_masked_even_cut_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ITRESUME_SMTP_PASSWORD", ODD_PASSWORD)
+    secret = ODD_PASSWORD.encode()
+    for encoded in (quote(ODD_PASSWORD, safe=""), quote_plus(ODD_PASSWORD)):
+        lower_hex = re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)
+        for text in (encoded, lower_hex, encoded[:14]):
+            out = redact(f"url ...&pw={text}")
+            assert out == "url ...&pw=***", (text, out)
+    auth_plain = b"\0" + SMTP_USER.encode() + b"\0" + secret  # what SMTP AUTH PLAIN sends
+    for prefix in (b"", b"a", b"ab", b"abc", auth_plain[: -len(secret)]):
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            text = encode(prefix + secret + b"!").decode()
+            out = redact(f"send: 'AUTH PLAIN {text}'")
+            assert "***" in out and not _leaked_bytes(out, secret), (prefix, out)

@@ -175,8 +175,12 @@ def test_will_retry_runs_send_nothing(instance: DagsterInstance) -> None:
 
 
 def test_outbox_mode_when_no_host(
-    instance: DagsterInstance, failed: tuple[DagsterRun, Any], tmp_path: Path
+    instance: DagsterInstance,
+    failed: tuple[DagsterRun, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("ITRESUME_PROFILE", "local")
     run, event = failed
     mail = MailResource(outbox_dir=str(tmp_path / "outbox"), to_addrs="ops@example.test")
     _call_failure_sensor(instance, run, event, mail)
@@ -185,6 +189,54 @@ def test_outbox_mode_when_no_host(
     msg = message_from_bytes(eml.read_bytes(), policy=policy.default)
     assert isinstance(msg, EmailMessage)
     _assert_alert(msg, run)
+
+
+def test_without_a_relay_in_production_alerts_wait_and_every_tick_says_so(
+    instance: DagsterInstance,
+    failed: tuple[DagsterRun, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.delenv("ITRESUME_PROFILE", raising=False)
+    monkeypatch.setenv("ITRESUME_HOME", str(tmp_path / "home"))
+    run, event = failed
+    unconfigured = MailResource(to_addrs="")  # no ITRESUME_SMTP_HOST, no ITRESUME_ALERT_TO
+    capfd.readouterr()
+    _call_failure_sensor(instance, run, event, unconfigured)
+    tick_log = capfd.readouterr().err  # what the sensor's context.log wrote
+    assert "WARNING - alerts are NOT being delivered" in tick_log
+    assert "ITRESUME_SMTP_HOST" in tick_log and "ITRESUME_ALERT_TO" in tick_log
+    spool = AlertSpool()
+    assert spool.pending_keys() == [run.run_id] and spool.sent_keys() == []
+    assert not (tmp_path / "home" / "outbox").exists()  # no .eml that nobody reads
+
+    for _ in range(2):  # every tick says it, not just the first
+        reason = _call_flush_sensor(instance, unconfigured) or ""
+        tick_log = capfd.readouterr().err
+        assert "WARNING - alerts are NOT being delivered" in tick_log
+        for text in (reason, tick_log):
+            assert "NOT being delivered" in text
+            assert "ITRESUME_SMTP_HOST" in text and "ITRESUME_ALERT_TO" in text
+            assert "1 alert(s) waiting" in text
+    assert spool.pending_keys() == [run.run_id]
+
+    with smtp_server("none") as (sink, port):  # the relay is configured later
+        relay = mail_for(port, "none", None)
+        assert "sent 1" in (_call_flush_sensor(instance, relay) or "")
+        assert _call_flush_sensor(instance, relay) == "no pending alerts"
+        _call_failure_sensor(instance, run, event, relay)
+    assert len(sink.envelopes) == 1
+    _assert_alert(sink.messages()[0], run)
+
+
+def test_no_relay_is_reported_even_with_nothing_pending(
+    instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ITRESUME_PROFILE", raising=False)
+    reason = _call_flush_sensor(instance, MailResource(to_addrs="ops@example.test")) or ""
+    assert "NOT being delivered" in reason and "ITRESUME_SMTP_HOST" in reason
+    assert "0 alert(s) waiting" in reason
 
 
 def test_full_ticks_through_the_cursor(tls_ca: tuple[trustme.CA, Path]) -> None:

@@ -29,6 +29,7 @@ from itresume_pipeline.resources.sheets import (
     SheetsRetryError,
     plan_upsert,
 )
+from itresume_pipeline.settings import SettingError
 from itresume_pipeline.sheets_emulator import SheetsEmulator
 
 HEADER = list(FIXED_COLUMNS)
@@ -61,8 +62,11 @@ def data_dates(values: list[list[str]]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _no_sheets_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Empty fields fall back to these variables: keep the host's settings out of the tests."""
+    """Empty fields fall back to these variables: keep the host's settings out of the tests.
+    The profile is production unless a test asks for the local one."""
     for name in (
+        "ITRESUME_PROFILE",
+        "ITRESUME_SHEETS_BACKEND",
         "ITRESUME_SHEETS_SPREADSHEET_ID",
         "ITRESUME_SHEETS_CREDENTIALS",
         "ITRESUME_SHEETS_WORKSHEET",
@@ -485,8 +489,9 @@ def test_connection_refused_gives_up_with_a_clear_error() -> None:
 
 def test_only_a_spreadsheet_id_names_the_missing_credentials_variable() -> None:
     sheets = SheetsResource(spreadsheet_id="abc")
-    with pytest.raises(SheetsConfigError, match="ITRESUME_SHEETS_CREDENTIALS is not"):
+    with pytest.raises(SheetsConfigError, match="ITRESUME_SHEETS_CREDENTIALS is not") as info:
         sheets.upsert_rows([metric(1)])
+    assert isinstance(info.value, SettingError) and not info.value.allow_retries
 
 
 def test_only_credentials_names_the_missing_spreadsheet_variable(tmp_path: Path) -> None:
@@ -537,9 +542,11 @@ def test_a_corrupt_private_key_is_reported_without_the_key(tmp_path: Path) -> No
 def test_empty_fields_fall_back_to_the_documented_variables(
     emu: SheetsEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    monkeypatch.setenv("ITRESUME_PROFILE", "local")
     local = SheetsResource()
     assert local.mode == "local-csv"
     assert local.csv_path == tmp_path / "home" / "sheets" / "daily_metrics.csv"
+    monkeypatch.delenv("ITRESUME_PROFILE")
 
     monkeypatch.setenv("SHEETS_EMULATOR_HOST", emu.host_port)
     monkeypatch.setenv("ITRESUME_SHEETS_SPREADSHEET_ID", KEY)
@@ -554,6 +561,90 @@ def test_empty_fields_fall_back_to_the_documented_variables(
 
 
 # ---------------------------------------------------------------------------------------------
+# The backend is chosen explicitly: no silent fallback to a file
+# ---------------------------------------------------------------------------------------------
+
+BOTH_MISSING = (
+    "ITRESUME_SHEETS_SPREADSHEET_ID is not set and ITRESUME_SHEETS_CREDENTIALS is not set"
+)
+
+
+def test_production_with_no_sheets_settings_fails_instead_of_writing_a_file(
+    tmp_path: Path,
+) -> None:
+    sheets = SheetsResource()
+
+    with pytest.raises(SettingError, match=BOTH_MISSING) as info:
+        sheets.upsert_rows([metric(1)])
+
+    assert "ITRESUME_SHEETS_BACKEND=csv" in str(info.value)  # the way out is named too
+    assert not info.value.allow_retries
+    assert list(tmp_path.rglob("*.csv")) == []
+
+
+@pytest.mark.parametrize(
+    ("profile", "env", "expected"),
+    [
+        # asked for by name, csv wins over an emulator and over Google settings
+        (
+            "",
+            {"ITRESUME_SHEETS_BACKEND": "csv", "SHEETS_EMULATOR_HOST": "127.0.0.1:9"},
+            "local-csv",
+        ),
+        (
+            "local",
+            {
+                "ITRESUME_SHEETS_BACKEND": "CSV",
+                "ITRESUME_SHEETS_SPREADSHEET_ID": "abc",
+                "ITRESUME_SHEETS_CREDENTIALS": "/etc/sa.json",
+            },
+            "local-csv",
+        ),
+        # google asked for in the local profile still needs its settings
+        ("local", {"ITRESUME_SHEETS_BACKEND": "google"}, BOTH_MISSING),
+        ("", {"ITRESUME_SHEETS_BACKEND": "excel"}, "ITRESUME_SHEETS_BACKEND='excel' is not"),
+        ("local", {"ITRESUME_SHEETS_BACKEND": "local-csv"}, "ITRESUME_SHEETS_BACKEND='local-csv'"),
+    ],
+    ids=[
+        "csv-over-an-emulator",
+        "csv-over-google-settings",
+        "google-in-the-local-profile",
+        "unknown-backend",
+        "a-mode-is-not-a-backend",
+    ],
+)
+def test_the_backend_variable_decides(
+    monkeypatch: pytest.MonkeyPatch, profile: str, env: dict[str, str], expected: str
+) -> None:
+    if profile:
+        monkeypatch.setenv("ITRESUME_PROFILE", profile)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+    if expected == "local-csv":
+        assert SheetsResource().mode == "local-csv"
+    else:
+        with pytest.raises(SettingError, match=expected):
+            _ = SheetsResource().mode
+
+
+def test_the_backend_field_writes_the_csv_sheet_in_production(
+    emu: SheetsEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SHEETS_EMULATOR_HOST", emu.host_port)
+    sheets = SheetsResource(backend="csv", local_dir=str(tmp_path / "report"))
+
+    result = sheets.upsert_rows([metric(1)])
+
+    assert result.mode == "local-csv"
+    assert (tmp_path / "report" / "daily_metrics.csv").read_text(encoding="utf-8").splitlines() == [
+        ",".join(HEADER),
+        ",".join(line(1)),
+    ]
+    assert emu.write_calls() == 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Local CSV mode
 # ---------------------------------------------------------------------------------------------
 
@@ -561,7 +652,7 @@ def test_empty_fields_fall_back_to_the_documented_variables(
 def test_local_csv_mode_has_the_same_semantics(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    sheets = SheetsResource(local_dir=str(tmp_path / "sheets"))
+    sheets = SheetsResource(backend="csv", local_dir=str(tmp_path / "sheets"))
     path = tmp_path / "sheets" / "daily_metrics.csv"
     caplog.set_level(logging.WARNING)
 
@@ -585,7 +676,7 @@ def test_local_csv_mode_has_the_same_semantics(
 
 
 def test_local_csv_corrects_hand_edits(tmp_path: Path) -> None:
-    sheets = SheetsResource(local_dir=str(tmp_path))
+    sheets = SheetsResource(backend="csv", local_dir=str(tmp_path))
     sheets.upsert_rows([metric(1), metric(2)])
     path = sheets.csv_path
     lines = path.read_text(encoding="utf-8").splitlines()

@@ -1,4 +1,4 @@
-"""The API simulator over real HTTP: the DESIGN §2 contract, windows, faults, and the CLI.
+"""The API simulator over real HTTP: the contract, windows, faults, and the CLI.
 
 The rest of the suite trusts the simulator to behave like the real API, so these tests pin the
 contract itself (field shapes, the dict-literal quirks, half-open windows) and what a plain
@@ -331,6 +331,37 @@ def test_reset_drops_the_connection(sim: ApiSimulator) -> None:
         get(sim, *day_params())
     assert sim.requests[-1]["status"] is None
     assert get(sim, *day_params()).status_code == 200
+
+
+def test_trickle_sends_the_whole_body_slowly(sim: ApiSimulator) -> None:
+    """Bytes keep coming (no read timeout trips), but the body takes its time."""
+    sim.inject("trickle", interval=0.01, chunk=4096)
+    started = time.perf_counter()
+    r = get(sim, *day_params(), timeout=(3, 1))
+    body = render_day_json(DAY, seed=42, attempts_per_day=APD)
+    assert r.status_code == 200 and r.content == body
+    assert time.perf_counter() - started >= 0.01 * (len(body) // 4096)
+
+
+def test_an_error_body_can_trickle(sim: ApiSimulator) -> None:
+    sim.inject("status", code=503, body="slow error", trickle=0.05)
+    started = time.perf_counter()
+    r = get(sim, *day_params())
+    assert (r.status_code, r.text) == (503, "slow error")
+    assert time.perf_counter() - started >= 0.05 * 9
+
+
+def test_redirect_points_elsewhere_with_the_query(sim: ApiSimulator) -> None:
+    sim.inject("redirect", location="http://127.0.0.2:9/api/statistics")
+    sim.inject("redirect", code=301, location="http://127.0.0.2:9/x", with_query=False)
+    r = get(sim, *day_params(), allow_redirects=False)
+    assert r.status_code == 302
+    assert r.headers["Location"].startswith("http://127.0.0.2:9/api/statistics?client=sim-test")
+    assert f"client_key={KEY}" in r.headers["Location"]
+    r = get(sim, *day_params(), allow_redirects=False)
+    assert (r.status_code, r.headers["Location"]) == (301, "http://127.0.0.2:9/x")
+    with pytest.raises(TypeError, match="location"):
+        sim.inject("redirect")
 
 
 def test_unknown_fault_is_refused(sim: ApiSimulator) -> None:

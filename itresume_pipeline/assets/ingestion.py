@@ -1,8 +1,11 @@
 """raw_attempts (the verbatim payload) and postgres_attempts (validated rows in PostgreSQL)."""
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack, suppress
 from datetime import date
+from pathlib import Path
 
 import psycopg
 from dagster import (
@@ -10,15 +13,17 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    Config,
     Failure,
     MaterializeResult,
     MetadataValue,
     asset,
 )
+from pydantic import Field
 
 from itresume_pipeline import landing
 from itresume_pipeline.assets.common import DAILY_ASSET, DATABASE_RETRY_POLICY
-from itresume_pipeline.loading import DayLoad, replace_days
+from itresume_pipeline.loading import DayLoad, ShrinkRefused, replace_days
 from itresume_pipeline.logs import ensure_dated_file
 from itresume_pipeline.partitions import (
     day_bounds,
@@ -32,6 +37,8 @@ from itresume_pipeline.resources.postgres import PostgresResource, WarehouseErro
 logger = logging.getLogger(__name__)
 
 REJECT_RATE_THRESHOLD = 0.05
+ALLOW_SHRINK_TAG = "itresume/allow_shrink"
+_TAG_TRUE, _TAG_FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
 
 
 @asset(
@@ -44,10 +51,17 @@ def raw_attempts(
 ) -> MaterializeResult:
     ensure_dated_file(context)
     days = days_in_window(context.partition_time_window)
+    _sweep(context, [landing.landing_path(day) for day in days])
     context.log.info(f"download started: {describe_days(days)}")
     downloads = _download_days(itresume_api, days)
-    for day, download in downloads.items():
-        landing.publish(download.path, landing.landing_path(day))
+    try:
+        for day, download in downloads.items():
+            landing.publish(download.path, landing.landing_path(day))
+    except landing.LandingError as error:  # a full disk: it names the path and the day
+        raise Failure(description=f"raw_attempts: {error.strerror}", allow_retries=False) from None
+    finally:  # a publish that failed leaves no temp behind (published ones are gone already)
+        for download in downloads.values():
+            landing.discard(download.path)
     total_records = sum(d.records for d in downloads.values())
     total_bytes = sum(d.bytes for d in downloads.values())
     seconds = max(d.seconds for d in downloads.values()) if downloads else 0.0
@@ -73,35 +87,74 @@ def raw_attempts(
 
 
 def _download_days(api: ItResumeApiResource, days: list[date]) -> dict[date, Download]:
-    """Fetch every day into temp files, concurrently; publish nothing unless all succeeded."""
-    temps = {day: landing.temp_path_for(landing.landing_path(day)) for day in days}
+    """Fetch every day into temp files, concurrently; publish nothing unless all succeeded.
+
+    One cancel event is shared by every download. It is set when this thread stops waiting for
+    any reason: a day that failed, or an interruption (Dagster turns SIGTERM into an exception
+    here). The requests in flight then stop within a second, and the pool is left without
+    waiting for reads that may hang: one SIGTERM stops the run, and no temp is published.
+    """
+    cancel = threading.Event()
+    temps: dict[date, Path] = {}
+    futures: dict[date, Future[Download]] = {}
+
+    def write_failure(day: date, path: Path, error: OSError) -> Failure:
+        """A full disk or a broken folder: no retry fixes it, and the operator needs the path."""
+        if isinstance(error, landing.LandingError):  # already names the path and the day
+            return Failure(description=f"raw_attempts {day}: {error.strerror}", allow_retries=False)
+        reason = error.strerror or str(error)
+        return Failure(
+            description=f"raw_attempts {day}: cannot write {path}: {reason}", allow_retries=False
+        )
 
     def fetch(day: date) -> Download:
         start, end = day_bounds(day)
         # The body is checked (a complete JSON array) and counted as it streams in, while
         # another thread compresses it: no second pass over the landing file.
-        return api.download(start, end, temps[day], validate_stream=count_records)
+        try:
+            return api.download(
+                start, end, temps[day], validate_stream=count_records, cancel=cancel
+            )
+        except OSError as error:
+            raise write_failure(day, temps[day], error) from None
 
     workers = max(1, min(api.max_concurrent_requests, len(days)))
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="itresume-fetch")
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="itresume-fetch") as pool:
-            futures = {day: pool.submit(fetch, day) for day in days}
-            results = {}
-            for day, future in futures.items():
-                try:
-                    results[day] = future.result()
-                except ApiError as error:
-                    for other in futures.values():
-                        other.cancel()
-                    raise Failure(
-                        description=f"raw_attempts {day.isoformat()}: {error}",
-                        allow_retries=False,
-                    ) from None
-            return results
+        for day in days:
+            final = landing.landing_path(day)
+            try:
+                temps[day] = landing.temp_path_for(final)
+            except OSError as error:
+                raise write_failure(day, final, error) from None
+        futures.update((day, pool.submit(fetch, day)) for day in days)
+        results = {}
+        for day, future in futures.items():
+            try:
+                results[day] = future.result()
+            except ApiError as error:
+                raise Failure(
+                    description=f"raw_attempts {day.isoformat()}: {error}",
+                    allow_retries=False,
+                ) from None
+        return results
     except BaseException:
+        cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        wait(futures.values(), timeout=2)  # cancelled reads end in well under that: temps close
         for temp in temps.values():
-            landing.discard(temp)
+            with suppress(OSError):  # the error being raised matters more than a leftover temp
+                landing.discard(temp)
         raise
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _sweep(context: AssetExecutionContext, finals: list[Path]) -> None:
+    """Remove the temps that killed runs left beside these files (none are held by a live one)."""
+    removed = [temp for final in finals for temp in landing.sweep_stale_temps(final)]
+    if removed:
+        context.log.info(f"removed {len(removed)} stale temp files: {[p.name for p in removed]}")
 
 
 def _downloads_table(downloads: dict[date, Download]) -> str:
@@ -130,16 +183,28 @@ ATTEMPTS_CHECKS = [
 ]
 
 
+class LoadConfig(Config):
+    """Run config of postgres_attempts (`ops: {postgres_attempts: {config: ...}}`)."""
+
+    allow_shrink: bool = Field(
+        default=False,
+        description="Load a payload even if it removes more than half of a day's rows (an "
+        f"empty one too). The run tag {ALLOW_SHRINK_TAG}=true does the same.",
+    )
+
+
 @asset(
     **DAILY_ASSET,
     kinds={"python", "postgres"},
     deps=[raw_attempts],
     check_specs=ATTEMPTS_CHECKS,
     retry_policy=DATABASE_RETRY_POLICY,
-    description="Parsed, validated attempts in PostgreSQL; bad records quarantined with a reason.",
+    description="Parsed, validated attempts in PostgreSQL; bad records quarantined with a reason. "
+    "A payload that would remove more than half of a day's rows is refused unless forced "
+    f"(config allow_shrink, or the run tag {ALLOW_SHRINK_TAG}=true).",
 )
 def postgres_attempts(
-    context: AssetExecutionContext, warehouse: PostgresResource
+    context: AssetExecutionContext, config: LoadConfig, warehouse: PostgresResource
 ) -> MaterializeResult:
     ensure_dated_file(context)
     days = days_in_window(context.partition_time_window)
@@ -150,11 +215,10 @@ def postgres_attempts(
             description=f"landing files missing, materialize raw_attempts first: {missing[:5]}",
             allow_retries=False,
         )
+    allow_shrink = config.allow_shrink or _tag_allows_shrink(context)
+    _sweep(context, [landing.loaded_path(day) for day in days])
     context.log.info(f"parse and load started: {describe_days(days)}")
-    try:
-        loads, seconds = replace_days(warehouse, payloads, run_id=context.run_id)
-    except psycopg.OperationalError as error:
-        raise WarehouseError(f"PostgreSQL connection failed during the load: {error}") from None
+    loads, seconds = _load_and_keep(context, warehouse, payloads, allow_shrink=allow_shrink)
     totals = _sum_loads(loads)
     rate = totals.loaded / seconds if seconds > 0 else 0.0
     context.log.info(
@@ -174,12 +238,82 @@ def postgres_attempts(
             "rejected": MetadataValue.int(totals.rejected),
             "duplicates": MetadataValue.int(totals.duplicates),
             "out_of_window": MetadataValue.int(totals.out_of_window),
+            "replaced": MetadataValue.int(totals.replaced),
             "duration_s": MetadataValue.float(round(seconds, 3)),
             "rows_per_second": MetadataValue.float(round(rate, 1)),
             "reject_reasons": MetadataValue.json(totals.reject_reasons),
             "table": MetadataValue.text(f"{warehouse.location}.attempts"),
         },
         check_results=checks,
+    )
+
+
+def _load_and_keep(
+    context: AssetExecutionContext,
+    warehouse: PostgresResource,
+    payloads: dict[date, Path],
+    *,
+    allow_shrink: bool,
+) -> tuple[list[DayLoad], float]:
+    """Load snapshots of the landing files, and once committed keep each as the day's loaded
+    copy: a download that replaces a landing file meanwhile changes neither. A file system error
+    (a full disk) names the path and the day and is not retried."""
+    try:
+        with ExitStack() as claims:
+            snapshots = {
+                day: claims.enter_context(landing.claim_temp(landing.loaded_path(day), source=path))
+                for day, path in payloads.items()
+            }
+            loaded = _replace(context, warehouse, snapshots, allow_shrink=allow_shrink)
+            for day, snapshot in snapshots.items():
+                landing.publish(snapshot, landing.loaded_path(day))
+    except landing.LandingError as error:
+        raise Failure(
+            description=f"postgres_attempts: {error.strerror}", allow_retries=False
+        ) from None
+    return loaded
+
+
+def _replace(
+    context: AssetExecutionContext,
+    warehouse: PostgresResource,
+    payloads: dict[date, Path],
+    *,
+    allow_shrink: bool,
+) -> tuple[list[DayLoad], float]:
+    try:
+        return replace_days(
+            warehouse, payloads, run_id=context.run_id, refuse_shrink=not allow_shrink
+        )
+    except ShrinkRefused as refused:
+        raise Failure(description=_shrink_message(refused), allow_retries=False) from None
+    except psycopg.OperationalError as error:
+        raise WarehouseError(f"PostgreSQL connection failed during the load: {error}") from None
+
+
+def _shrink_message(refused: ShrinkRefused) -> str:
+    days = "; ".join(
+        f"{load.day}: {load.replaced} rows loaded now, the new payload would load {load.loaded}"
+        for load in refused.loads
+    )
+    return (
+        "postgres_attempts refused payloads that would remove more than half of a day's rows "
+        f"({days}); nothing was changed, and the payload each day was loaded from is kept as "
+        f"<day>{landing.LOADED_SUFFIX} in {landing.loaded_path(refused.loads[0].day).parent}. "
+        "If the smaller payload is right, force it with the run config "
+        '{"ops": {"postgres_attempts": {"config": {"allow_shrink": true}}}} '
+        f"or the run tag {ALLOW_SHRINK_TAG}=true."
+    )
+
+
+def _tag_allows_shrink(context: AssetExecutionContext) -> bool:
+    """The run tag, so a backfill or a launch from the UI can force a shrink without config."""
+    value = context.run.tags.get(ALLOW_SHRINK_TAG, "").strip().lower()
+    if value in _TAG_TRUE + _TAG_FALSE:
+        return value in _TAG_TRUE
+    raise Failure(
+        description=f"run tag {ALLOW_SHRINK_TAG}={value!r} is neither true nor false",
+        allow_retries=False,
     )
 
 
@@ -192,6 +326,7 @@ def _sum_loads(loads: list[DayLoad]) -> DayLoad:
         total.duplicates += load.duplicates
         total.out_of_window += load.out_of_window
         total.copied += load.copied
+        total.replaced += load.replaced
         for reason, count in load.reject_reasons.items():
             total.reject_reasons[reason] = total.reject_reasons.get(reason, 0) + count
     return total

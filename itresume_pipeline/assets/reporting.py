@@ -1,6 +1,7 @@
 """sheets_report: the day's metrics row in the Google Sheet (or the flagged local CSV sheet)."""
 
 import time
+from collections.abc import Iterator
 
 from dagster import (
     AssetCheckResult,
@@ -8,6 +9,7 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     Backoff,
+    Failure,
     Jitter,
     MaterializeResult,
     MetadataValue,
@@ -23,7 +25,9 @@ from itresume_pipeline.partitions import (
     describe_days,
 )
 from itresume_pipeline.resources.postgres import PostgresResource
-from itresume_pipeline.resources.sheets import SheetsResource
+from itresume_pipeline.resources.sheets import SheetsLayoutError, SheetsResource
+
+CHECK_NAME = "sheet_matches_daily_metrics"
 
 
 @asset(
@@ -32,7 +36,7 @@ from itresume_pipeline.resources.sheets import SheetsResource
     deps=[daily_metrics],
     check_specs=[
         AssetCheckSpec(
-            "sheet_matches_daily_metrics",
+            CHECK_NAME,
             asset="sheets_report",
             description="The sheet's rows for these days equal daily_metrics in PostgreSQL.",
         )
@@ -44,7 +48,7 @@ from itresume_pipeline.resources.sheets import SheetsResource
 )
 def sheets_report(
     context: AssetExecutionContext, warehouse: PostgresResource, sheets: SheetsResource
-) -> MaterializeResult:
+) -> Iterator[AssetCheckResult | MaterializeResult]:
     ensure_dated_file(context)
     days = days_in_window(context.partition_time_window)
     context.log.info(f"sheet started: {describe_days(days)} -> {sheets.describe()}")
@@ -55,17 +59,26 @@ def sheets_report(
         raise ValueError(
             f"daily_metrics has no row for {missing[:5]}: materialize daily_metrics first"
         )
-    result = sheets.upsert_rows(rows)
+    try:
+        result = sheets.upsert_rows(rows)
+    except SheetsLayoutError as exc:
+        yield _unreadable_sheet(exc)
+        raise Failure(description=str(exc), allow_retries=False) from exc
     seconds = time.perf_counter() - began
     if result.mode == "local-csv":
         context.log.warning(
             f"the report is a LOCAL CSV file, not a Google Sheet: {result.url}. Set "
-            "ITRESUME_SHEETS_SPREADSHEET_ID and ITRESUME_SHEETS_CREDENTIALS to publish it."
+            "ITRESUME_SHEETS_SPREADSHEET_ID and ITRESUME_SHEETS_CREDENTIALS (and "
+            "ITRESUME_SHEETS_BACKEND=google, or leave it unset) to publish it."
         )
     context.log.info(
         f"sheet finished: {len(rows)} rows, {result.write_calls} write calls in {seconds:.2f} s"
     )
-    in_sheet = sheets.read_rows()
+    try:
+        in_sheet = sheets.read_rows()
+    except SheetsLayoutError as exc:  # a person broke the header between our write and read
+        yield _unreadable_sheet(exc)
+        raise Failure(description=str(exc), allow_retries=False) from exc
     mismatches = [
         {"date": row["date"], "sheet": in_sheet.get(row["date"]), "daily_metrics": row}
         for row in rows
@@ -84,14 +97,25 @@ def sheets_report(
         "values": MetadataValue.json({d: result.values[d] for d in sorted(result.values)[-31:]}),
         "duration_s": MetadataValue.float(round(seconds, 3)),
     }
-    return MaterializeResult(
+    yield MaterializeResult(
         metadata=metadata,
         check_results=[
             AssetCheckResult(
-                check_name="sheet_matches_daily_metrics",
+                check_name=CHECK_NAME,
                 passed=not mismatches,
                 severity=AssetCheckSeverity.ERROR,
                 metadata={"mismatches": MetadataValue.json(mismatches[:20])},
             )
         ],
+    )
+
+
+def _unreadable_sheet(exc: SheetsLayoutError) -> AssetCheckResult:
+    """A sheet whose table cannot be found cannot match daily_metrics: the check fails with the
+    reason, instead of being skipped with the failed step. No retry fixes a person's edit."""
+    return AssetCheckResult(
+        check_name=CHECK_NAME,
+        passed=False,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={"error": MetadataValue.text(str(exc))},
     )

@@ -1,4 +1,8 @@
-"""Outgoing mail: an SMTP relay (ssl, starttls or plain) or, with no host, ``.eml`` files on disk.
+"""Outgoing mail: an SMTP relay (ssl, starttls or plain) or, locally, ``.eml`` files on disk.
+
+Without ``ITRESUME_SMTP_HOST`` only the local profile (``ITRESUME_PROFILE=local``) writes
+``.eml`` files: in production nobody reads them, so `MailResource.send` refuses instead, the
+alert stays in the spool, and the sensors say on every tick that alerts are not being delivered.
 
 Why not ``dagster.make_email_on_run_failure_sensor``: it always logs in, has no plain mode, takes
 the password as a plain string at import time and sends a raw ``str`` through ``sendmail``, which
@@ -33,7 +37,7 @@ SECURITY_MODES = ("starttls", "ssl", "none")
 DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 DEFAULT_FROM = "itresume-pipeline@localhost"
 
-#: Resource field -> environment variable (DESIGN §3), for `MailResource.from_env`.
+#: Resource field -> environment variable, for `MailResource.from_settings`.
 ENV_FIELDS: dict[str, str] = {
     "host": "ITRESUME_SMTP_HOST",
     "port": "ITRESUME_SMTP_PORT",
@@ -58,11 +62,87 @@ class MailDeliveryError(RuntimeError):
         self.step = step
 
 
+HOST_VAR = ENV_FIELDS["host"]
+TO_VAR = ENV_FIELDS["to_addrs"]
+_MAX_PORT = 65535
+
+
 def _normalize_security(value: str) -> str:
     mode = value.strip().lower()
     if mode not in SECURITY_MODES:
         raise ValueError(f"security must be one of {', '.join(SECURITY_MODES)}; got {value!r}")
     return mode
+
+
+def _checked_security() -> str:
+    var = ENV_FIELDS["security"]
+    raw = settings.env(var, "starttls")
+    try:
+        return _normalize_security(raw)
+    except ValueError:
+        raise settings.SettingError(
+            f"{var}={raw!r} is not a security mode: use {', '.join(SECURITY_MODES)}"
+        ) from None
+
+
+def _checked_port() -> int:
+    var = ENV_FIELDS["port"]
+    port = settings.integer(var, 0, minimum=1)
+    if port > _MAX_PORT:
+        raise settings.SettingError(f"{var}={settings.env(var)!r} must be at most {_MAX_PORT}")
+    return port
+
+
+def _checked_addresses(field: str, *, single: bool = False) -> str:
+    """Comma-separated addresses, each ``local@domain`` (optionally ``Name <local@domain>``)."""
+    var = ENV_FIELDS[field]
+    raw = settings.env(var)
+    pieces = [piece.strip() for piece in raw.split(",") if piece.strip()]
+    if single and len(pieces) > 1:
+        raise settings.SettingError(f"{var}={raw!r} must be one address")
+    for piece in pieces:
+        parsed = getaddresses([piece])
+        address = parsed[0][1] if len(parsed) == 1 else ""
+        local, _, domain = address.rpartition("@")
+        if not (local and domain):
+            raise settings.SettingError(f"{var}={raw!r}: {piece!r} is not an e-mail address")
+    return raw
+
+
+def _checked_ca_file() -> str:
+    var = ENV_FIELDS["ca_file"]
+    raw = settings.env(var)
+    if raw and not Path(raw).expanduser().is_file():
+        raise settings.SettingError(f"{var}={raw!r} is not a readable file")
+    return raw
+
+
+def _checked_password() -> EnvVar | str:
+    """The password stays an `EnvVar`, resolved at use, so the Dagster UI never shows it."""
+    user_var, password_var = ENV_FIELDS["user"], ENV_FIELDS["password"]
+    if settings.env(user_var) and not settings.env(password_var):
+        settings.required(password_var, needed_for=f"SMTP login as {user_var}")
+    return EnvVar(password_var) if settings.env(password_var) else ""
+
+
+def _auth_tokens(user: str, password: str) -> list[str]:
+    """What AUTH PLAIN and AUTH LOGIN put on the wire: a relay may echo any of it back."""
+    if not password:
+        return []
+    forms = [b"\0" + user.encode() + b"\0" + password.encode(), user.encode(), password.encode()]
+    tokens = [base64.b64encode(form).decode("ascii") for form in forms if form]
+    # Unpadded too: a reply may quote the token without its trailing "=".
+    return [password, *tokens, *(token.rstrip("=") for token in tokens)]
+
+
+def _describe(exc: BaseException) -> str:
+    """``Class: text`` with a relay's reply decoded: the ``bytes`` repr smtplib shows would
+    escape a non-ASCII password into a form no literal mask recognises."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        reply = exc.smtp_error
+        text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else str(reply)
+        return f"{type(exc).__name__}: {exc.smtp_code} {text}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
@@ -99,9 +179,9 @@ def _slug(text: str, limit: int = 60) -> str:
 
 
 class MailResource(ConfigurableResource):
-    """Where operator mail goes. With ``host`` empty it is written to ``outbox_dir`` instead."""
+    """Where operator mail goes; with ``host`` empty, ``outbox_dir`` in the local profile only."""
 
-    host: str = Field(default="", description="SMTP relay; empty = write .eml files to outbox_dir")
+    host: str = Field(default="", description="SMTP relay; empty = .eml files (local profile)")
     port: int = Field(default=0, description="0 = 465 for ssl, 587 for starttls, 25 for none")
     security: str = Field(default="starttls", description="starttls | ssl | none")
     user: str = Field(default="", description="SMTP login; empty = no AUTH")
@@ -121,16 +201,25 @@ class MailResource(ConfigurableResource):
         return _normalize_security(value)
 
     @classmethod
-    def from_env(cls, **overrides: Any) -> MailResource:
-        """Wire every field to its DESIGN §3 variable if that variable is set *now*.
+    def from_settings(cls, **overrides: Any) -> MailResource:
+        """The resource from the ``ITRESUME_SMTP_*`` / ``ITRESUME_ALERT_*`` variables, checked now.
 
-        Unset variables keep the field defaults (an unset ``EnvVar`` would fail every sensor
-        tick), and set ones stay ``EnvVar`` so the password is never shown in the Dagster UI.
+        Called when the alerting code location loads, so a bad value (``SMTP_SECURITY=tls``, a
+        port of 0, a recipient without ``@``) stops the load with a `settings.SettingError`
+        naming the variable, which ``dagster definitions validate`` and the UI show, instead of
+        failing every sensor tick while runs carry on unwatched. A missing host or recipient is
+        not an error here: alerts then wait in the spool and every tick says so.
         """
-        kwargs: dict[str, Any] = {}
-        for field, var in ENV_FIELDS.items():
-            if os.environ.get(var, "").strip():
-                kwargs[field] = EnvVar.int(var) if field == "port" else EnvVar(var)
+        kwargs: dict[str, Any] = {
+            "host": settings.env(HOST_VAR),
+            "port": _checked_port(),
+            "security": _checked_security(),
+            "user": settings.env(ENV_FIELDS["user"]),
+            "password": _checked_password(),
+            "ca_file": _checked_ca_file(),
+            "from_addr": _checked_addresses("from_addr", single=True) or DEFAULT_FROM,
+            "to_addrs": _checked_addresses("to_addrs"),
+        }
         kwargs.update(overrides)
         return cls(**kwargs)
 
@@ -148,6 +237,25 @@ class MailResource(ConfigurableResource):
     def recipients(self) -> list[str]:
         return [addr for _, addr in getaddresses([self.to_addrs]) if addr]
 
+    def delivery_problem(self) -> str | None:
+        """Why alerts cannot go out right now, naming the variables to set; None if they can.
+
+        Read at send time, because the local profile (and only it) may use the outbox.
+        """
+        host = self.host.strip()
+        if not host and settings.is_local():
+            return None
+        if host and self.recipients:
+            return None
+        missing = " and ".join(
+            var for var, value in ((HOST_VAR, host), (TO_VAR, self.recipients)) if not value
+        )
+        return (
+            f"alerts are NOT being delivered: {missing} not set. Set {HOST_VAR} and {TO_VAR} "
+            f"(and the other ITRESUME_SMTP_* settings); outside {settings.PROFILE_VAR}="
+            f"{settings.LOCAL_PROFILE} nothing is written to the outbox, alerts wait in the spool"
+        )
+
     def destination(self) -> str:
         """Where `send` would deliver, for logs: ``smtp://host:port`` or the outbox folder."""
         if self.host.strip():
@@ -162,6 +270,9 @@ class MailResource(ConfigurableResource):
         Missing From/To/Date/Message-ID headers are filled from this resource, so a message
         built (and spooled) without knowing the relay settings still goes out complete.
         """
+        problem = self.delivery_problem()
+        if problem is not None:
+            raise MailDeliveryError(problem, "config")
         self._fill_headers(msg)
         if not self.host.strip():
             return str(self._write_outbox(msg))
@@ -241,7 +352,9 @@ class MailResource(ConfigurableResource):
         except (smtplib.SMTPException, OSError, ValueError) as exc:
             # `from None`: the chained original could carry connection state; the class name and
             # the (redacted) server reply are what an operator needs.
-            detail = redact(f"{type(exc).__name__}: {exc}", secrets=[self.password])
+            # Masked before anything else touches it: relays echo the AUTH exchange in replies.
+            secrets = _auth_tokens(self.user, self.password)
+            detail = redact(_describe(exc), secrets=secrets)
             raise MailDeliveryError(
                 f"SMTP {step} failed for {where} ({mode}): {detail}", step
             ) from None
@@ -249,7 +362,8 @@ class MailResource(ConfigurableResource):
             if smtp is not None:
                 self._close(smtp)
         if refused:
-            log.warning("%s refused some recipients: %s", where, redact(refused))
+            secrets = _auth_tokens(self.user, self.password)
+            log.warning("%s refused some recipients: %s", where, redact(refused, secrets=secrets))
         return where
 
     @staticmethod

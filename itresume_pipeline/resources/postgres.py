@@ -1,7 +1,15 @@
-"""The PostgreSQL warehouse: connections, idempotent migrations and the per-day load.
+"""The PostgreSQL warehouse: connections, versioned migrations and the per-day locks.
 
-psycopg 3 is used for its fast COPY. Migrations run once per process and schema, under an
-advisory lock, so concurrent first runs cannot race each other.
+psycopg 3 is used for its fast COPY. The warehouse is `ITRESUME_DATABASE_URL`, a libpq URI or
+keyword string, checked before any connection; only the local profile may start the embedded
+server instead. Connection failures are sorted by whether waiting can cure them: a refused or
+timed-out connection is retried (Dagster's RetryPolicy), a wrong password, role or database is
+not, and a malformed URL or schema is a `SettingError`.
+
+Migrations run under an advisory lock, so concurrent first runs cannot race, and only when the
+schema is missing or older than `SCHEMA_VERSION`. The version is read from a table of its own,
+which no load locks: a fresh process never waits behind a running load, whose locks the DDL
+(`CREATE INDEX IF NOT EXISTS` included) would otherwise have to wait for.
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ from functools import cache
 from pathlib import Path
 
 import psycopg
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, Failure
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
 from itresume_pipeline import settings
@@ -27,13 +36,37 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 MIGRATION_LOCK_KEY = 0x17_5E_5A_3E  # arbitrary, constant: "itresume migrations"
 DAY_LOCK_NAMESPACE = 0x17_5E_5A_3F  # advisory locks of one partition day
+SCHEMA_VERSION = 1  # raise it with every change to schema.sql
+DATABASE_URL_VAR = "ITRESUME_DATABASE_URL"
+SCHEMA_VAR = "ITRESUME_DB_SCHEMA"
+URL_FORM = "postgresql://user:password@host:port/dbname"
+URI_SCHEMES = ("postgresql://", "postgres://")
+# libpq's own words for failures that no retry can cure: the server said who or what is wrong.
+REFUSALS = (
+    "authentication failed",
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "permission denied for database",
+    "does not exist",  # role "x" / database "x"
+)
 
 _migrated: set[tuple[str, str]] = set()
 _migrated_lock = threading.Lock()
 
 
 class WarehouseError(Exception):
-    """A database problem, with any password already removed from the message."""
+    """A database problem, with any password already removed from the message; retryable."""
+
+
+class WarehouseSettingError(settings.SettingError, WarehouseError):
+    """The warehouse is configured wrongly: the message names the variable; never retried."""
+
+
+class WarehouseRefused(WarehouseError, Failure):
+    """The server refused us (credentials, role, database): waiting will not help."""
+
+    def __init__(self, message: str) -> None:
+        Failure.__init__(self, description=message, allow_retries=False)
 
 
 @cache
@@ -42,13 +75,48 @@ def load_sql(name: str) -> str:
     return (SQL_DIR / name).read_text("utf-8")
 
 
+def check_database_url(url: str) -> str:
+    """Refuse what libpq would misread, before connecting; never echo the value (a password)."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme and not url.lower().startswith(URI_SCHEMES):
+        shown = f" {scheme!r}" if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]{0,30}", scheme) else ""
+        raise WarehouseSettingError(
+            f"{DATABASE_URL_VAR} has the scheme{shown}: libpq takes {URL_FORM} "
+            "(no driver suffix such as +psycopg2, which is SQLAlchemy's form)"
+        )
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        raise WarehouseSettingError(
+            f"{DATABASE_URL_VAR} is not a libpq connection string: use {URL_FORM}"
+        ) from None
+    for port in filter(None, params.get("port", "").split(",")):
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            shown = f" {port!r}" if len(port) <= 6 else ""  # longer is no port: maybe a password
+            raise WarehouseSettingError(
+                f"{DATABASE_URL_VAR} has the port{shown}: a port is a number from 1 to 65535"
+            )
+    return url
+
+
+def connect_error(conninfo: str, error: psycopg.Error) -> WarehouseError:
+    """The exception for a failed connection: retryable only if the cause may pass."""
+    reason = redact(str(error).removeprefix("connection failed: "))
+    where = f"PostgreSQL at {redact(conninfo)} ({DATABASE_URL_VAR})"
+    if "invalid " in reason and "connection is bad" in str(error):  # libpq refused an option
+        return WarehouseSettingError(f"{DATABASE_URL_VAR} is invalid: {reason}")
+    if any(words in reason for words in REFUSALS):
+        return WarehouseRefused(f"PostgreSQL refused the connection, {where}: {reason}")
+    return WarehouseError(f"cannot connect to {where}: {reason}")
+
+
 class PostgresResource(ConfigurableResource):
     """Where attempts, rejects and metrics live."""
 
     database_url: str = Field(
         default="",
-        description="libpq URI (ITRESUME_DATABASE_URL); empty: embedded PostgreSQL under "
-        "$ITRESUME_HOME/pg.",
+        description="libpq URI; empty: ITRESUME_DATABASE_URL, which is required outside the "
+        "local profile (there, the embedded PostgreSQL under $ITRESUME_HOME/pg).",
     )
     schema_name: str = Field(
         default="", description="Schema for our tables; empty: ITRESUME_DB_SCHEMA, else itresume."
@@ -57,8 +125,11 @@ class PostgresResource(ConfigurableResource):
 
     @property
     def location(self) -> str:
-        """Where the data went, printable: the URI without its password."""
-        return redact(f"{self._conninfo()} (schema {self._schema()})")
+        """Where the data goes, printable: the URI without its password, or what is wrong."""
+        try:
+            return redact(f"{self._conninfo()} (schema {self._schema()})")
+        except settings.SettingError as error:
+            return str(error)
 
     def table(self, name: str) -> sql.Composed:
         """A schema-qualified, quoted table identifier."""
@@ -72,14 +143,13 @@ class PostgresResource(ConfigurableResource):
     def connect(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
         """A migrated connection; the caller's `with conn.transaction()` scopes atomic work."""
         conninfo = self._conninfo()
+        self._schema()  # a bad schema fails before any connection
         try:
             conn = psycopg.connect(
                 conninfo, autocommit=autocommit, connect_timeout=self.connect_timeout_s
             )
-        except psycopg.Error as error:  # ProgrammingError too: a malformed URI, quoted whole
-            raise WarehouseError(
-                f"cannot connect to PostgreSQL at {redact(conninfo)}: {redact(str(error))}"
-            ) from None
+        except psycopg.Error as error:
+            raise connect_error(conninfo, error) from None
         with conn:
             self._migrate_once(conn, conninfo)
             yield conn
@@ -94,17 +164,19 @@ class PostgresResource(ConfigurableResource):
     # -- internals ----------------------------------------------------------------------------
 
     def _schema(self) -> str:
-        name = self.schema_name or settings.env("ITRESUME_DB_SCHEMA", settings.DEFAULT_SCHEMA)
+        name = self.schema_name or settings.env(SCHEMA_VAR, settings.DEFAULT_SCHEMA)
         if not SCHEMA_NAME.match(name):
-            raise WarehouseError(
-                f"ITRESUME_DB_SCHEMA={name!r} is not a plain lowercase identifier "
+            raise WarehouseSettingError(
+                f"{SCHEMA_VAR}={name!r} is not a plain lowercase identifier "
                 "(letters, digits, underscore; at most 63 characters)"
             )
         return name
 
     def _conninfo(self) -> str:
-        url = self.database_url or settings.env("ITRESUME_DATABASE_URL")
-        return url or embedded_server_uri(settings.embedded_pg_dir())
+        url = self.database_url or settings.env(DATABASE_URL_VAR)
+        if url:
+            return check_database_url(url)
+        return embedded_server_uri(settings.embedded_pg_dir())  # the local profile only
 
     def _migrate_once(self, conn: psycopg.Connection, conninfo: str) -> None:
         key = (conninfo, self._schema())
@@ -113,12 +185,39 @@ class PostgresResource(ConfigurableResource):
         with _migrated_lock:
             if key in _migrated:
                 return
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-                conn.execute(self.query("schema.sql"))
-            if not conn.autocommit:
-                conn.commit()
+            if self._schema_version(conn) < SCHEMA_VERSION:
+                self._migrate(conn)
             _migrated.add(key)
+
+    def _schema_version(self, conn: psycopg.Connection) -> int:
+        """The schema's recorded version, 0 if none; reads only the catalog and a table of ours
+        that no load locks."""
+        with conn.transaction():
+            found = conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'schema_version'",
+                (self._schema(),),
+            ).fetchone()
+            if not found:
+                return 0
+            row = conn.execute(
+                sql.SQL("SELECT max(version) FROM {}").format(self.table("schema_version"))
+            ).fetchone()
+        return row[0] or 0
+
+    def _migrate(self, conn: psycopg.Connection) -> None:
+        """The DDL, once per version: under the migration lock, rechecked once it is held."""
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            if self._schema_version(conn) >= SCHEMA_VERSION:
+                return  # another process migrated while we waited for the lock
+            conn.execute(self.query("schema.sql"))
+            conn.execute(
+                sql.SQL("INSERT INTO {} (version) VALUES (%s) ON CONFLICT DO NOTHING").format(
+                    self.table("schema_version")
+                ),
+                (SCHEMA_VERSION,),
+            )
 
 
 def forget_migrations() -> None:

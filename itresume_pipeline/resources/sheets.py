@@ -1,12 +1,20 @@
 """The report sheet: one row per day, upserted in date order with at most two write calls.
 
-Three backends share one merge algorithm (:func:`plan_upsert`), so they behave the same:
+``ITRESUME_SHEETS_BACKEND`` (``google`` or ``csv``) says where the report goes; three modes share
+one merge algorithm (:func:`plan_upsert`), so they behave the same:
 
 * ``google``: the real Sheets API through gspread, authenticated with a service-account file;
 * ``emulator``: plain HTTP to ``SHEETS_EMULATOR_HOST`` (see ``itresume_pipeline.sheets_emulator``)
-  with no credentials, like Google's other ``*_EMULATOR_HOST`` conventions;
-* ``local-csv``: nothing configured, so the "sheet" is ``<local_dir>/<worksheet>.csv``, loudly
-  flagged as such, so a demo or a dev box still produces a report.
+  with no credentials, like Google's other ``*_EMULATOR_HOST`` conventions; it speaks Google's
+  protocol, so it stands in for the ``google`` backend;
+* ``local-csv``: the "sheet" is ``<local_dir>/<worksheet>.csv``, loudly flagged as such. It is
+  used when ``csv`` is asked for by name, or in the local profile when no Google Sheets setting is
+  given; outside the local profile a missing Google setting fails the run instead, since a report
+  quietly written to a file nobody reads is a silent failure.
+
+The sheet is edited by people, so nothing about its layout is trusted: the table is wherever its
+header row is (a title row above it, the table moved right), only the table's own cells are ever
+written, and a header that cannot be found unambiguously stops the run instead of a guess.
 
 gspread is driven without monkeypatching: the client class is passed to ``gspread.Client`` as a
 constructor argument. Retries are our own and bounded, because gspread 6.2.1's
@@ -43,6 +51,8 @@ from gspread.exceptions import APIError
 from gspread.http_client import HTTPClient
 from gspread.utils import absolute_range_name
 
+from itresume_pipeline import settings
+
 log = logging.getLogger(__name__)
 
 Cell = Any  # str | int | float | bool, "" for an empty cell (what the Sheets API round-trips)
@@ -56,10 +66,15 @@ ENV_SPREADSHEET_ID = "ITRESUME_SHEETS_SPREADSHEET_ID"
 ENV_CREDENTIALS = "ITRESUME_SHEETS_CREDENTIALS"
 ENV_WORKSHEET = "ITRESUME_SHEETS_WORKSHEET"
 ENV_EMULATOR_HOST = "SHEETS_EMULATOR_HOST"
+ENV_BACKEND = "ITRESUME_SHEETS_BACKEND"
+GOOGLE_BACKEND = "google"
+CSV_BACKEND = "csv"
 DEFAULT_WORKSHEET = "daily_metrics"
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 _GRID_HEADROOM_ROWS = 500  # grow the grid in big steps so daily runs rarely pay a resize call
 _SHEETS_EPOCH = date(1899, 12, 30)  # day 0 of the spreadsheet serial-date system
+_DOTTED_DATE = re.compile(r"(\d{1,2})\.(\d{1,2})\.(\d{4})")  # 03.08.2024: day.month.year
+_FOUND_CELLS = 6  # how many cells of a row an error message quotes
 
 
 # ============================================================================================
@@ -71,8 +86,15 @@ class SheetsError(RuntimeError):
     """A Sheets failure with a message fit for operators: never a key, a token or a secret."""
 
 
-class SheetsConfigError(SheetsError, ValueError):
-    """The sheet is configured wrongly (half-set variables, unreadable credentials file...)."""
+class SheetsConfigError(settings.SettingError, SheetsError, ValueError):
+    """The sheet is configured wrongly (a missing variable, an unreadable credentials file...).
+
+    A `SettingError`, so the run fails at once: no retry fixes a deployment's settings.
+    """
+
+
+class SheetsLayoutError(SheetsError):
+    """The worksheet's table cannot be located unambiguously, so nothing is written to it."""
 
 
 class SheetsApiError(SheetsError):
@@ -96,9 +118,10 @@ class SheetsRetryError(SheetsError):
 class UpsertResult:
     """What an upsert did, shaped for asset metadata.
 
-    ``row_numbers`` are 1-based sheet rows (the header is row 1) of the upserted dates after the
-    write; ``values`` are those rows' cells in ``header`` order; ``write_calls`` counts the API
-    write calls made (0 when the sheet already held these values).
+    ``row_numbers`` are 1-based sheet rows of the upserted dates after the write (row 2 when the
+    header is row 1, lower when a person moved the table down); ``values`` are those rows' cells
+    in ``header`` order; ``write_calls`` counts the API write calls made (0 when the sheet already
+    held these values).
     """
 
     url: str
@@ -134,9 +157,25 @@ class UpsertResult:
 # ============================================================================================
 
 
+@dataclass(frozen=True)
+class TableSpot:
+    """Where the table sits in its worksheet (0-based): header row, first column, width."""
+
+    row: int = 0
+    col: int = 0
+    width: int = 0  # columns the table spans now; 0 for a sheet with no table yet
+
+    def cut(self, grid: list[list[Cell]]) -> list[list[Cell]]:
+        """The table's own cells: rows from the header down, only the table's columns."""
+        return [list(r[self.col : self.col + self.width]) for r in grid[self.row :]]
+
+
 @dataclass
 class UpsertPlan:
-    """The full desired table and the one contiguous block of rows that must be rewritten."""
+    """The full desired table and the one contiguous block of rows that must be rewritten.
+
+    ``grid`` and the row indexes are relative to the table; ``spot`` places it in the sheet.
+    """
 
     header: list[str]
     grid: list[list[Cell]]  # header row + data rows, every row len(header) wide
@@ -147,10 +186,23 @@ class UpsertPlan:
     duplicates_collapsed: int = 0
     dropped_blank_rows: int = 0
     undated_rows: int = 0
+    spot: TableSpot = field(default_factory=TableSpot)
 
     @property
     def changed(self) -> bool:
         return self.first_changed is not None
+
+    def splice(self, sheet: list[list[Cell]]) -> list[list[Cell]]:
+        """The whole sheet after the write: the block in the table's cells, the rest untouched."""
+        out = [list(r) for r in sheet]
+        if self.first_changed is None:
+            return out
+        col = self.spot.col
+        for i, cells in enumerate(self.block(), start=self.spot.row + self.first_changed):
+            out += [[] for _ in range(i + 1 - len(out))]
+            out[i] += [""] * (col + len(cells) - len(out[i]))
+            out[i][col : col + len(cells)] = cells
+        return _trim(out)
 
     def block(self) -> list[list[Cell]]:
         """Rows to write from ``first_changed``, blanks included so stale cells get cleared."""
@@ -164,7 +216,12 @@ class UpsertPlan:
 
 
 def iso_date(value: Any) -> str | None:
-    """An ISO date string for a cell, or None; serial numbers come from hand-typed dates."""
+    """An ISO date string for a cell, or None.
+
+    A date a person typed may come back as ISO text, as ``03.08.2024`` text (day first, as a
+    Russian locale writes it), or as a real date, which the API returns as a serial number under
+    ``UNFORMATTED_VALUE``: all three are the same day, so the upsert finds that day's row.
+    """
     if isinstance(value, datetime):
         return value.date().isoformat()
     if isinstance(value, date):
@@ -176,12 +233,20 @@ def iso_date(value: Any) -> str | None:
             return (_SHEETS_EPOCH + timedelta(days=int(value))).isoformat()
         return None
     if isinstance(value, str):
-        text = value.strip()
-        try:
-            return date.fromisoformat(text[:10]).isoformat() if len(text) >= 10 else None
-        except ValueError:
-            return None
+        return _text_date(value.strip())
     return None
+
+
+def _text_date(text: str) -> str | None:
+    """ISO text (a time after the date is ignored) or ``DD.MM.YYYY``; anything else is no date."""
+    dotted = _DOTTED_DATE.fullmatch(text)
+    try:
+        if dotted:
+            day, month, year = (int(part) for part in dotted.groups())
+            return date(year, month, day).isoformat()
+        return date.fromisoformat(text[:10]).isoformat() if len(text) >= 10 else None
+    except ValueError:
+        return None
 
 
 def as_int(value: Any) -> int | None:
@@ -274,23 +339,103 @@ def _normalize_input(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, C
     return out
 
 
+def _header_name(cell: Cell) -> str:
+    return "" if cell is None else str(cell).strip()
+
+
+def _is_header(row: Sequence[Cell]) -> bool:
+    """A row naming all four fixed columns (in any order, any case) is the table's header."""
+    return set(FIXED_COLUMNS) <= {_header_name(c).lower() for c in row}
+
+
+def _starts_with_date(row: Sequence[Cell]) -> bool:
+    """Text date in the first cell: a table at A1 whose header row was deleted."""
+    return bool(row) and not isinstance(row[0], int | float) and iso_date(row[0]) is not None
+
+
+def _quote_row(number: int, row: Sequence[Cell]) -> str:
+    """What a row holds, for an error message: the sheet's own words, a few cells of them."""
+    cells = _trim_cells(row)
+    more = ", ..." if len(cells) > _FOUND_CELLS else ""
+    return f"row {number} holds {', '.join(repr(c) for c in cells[:_FOUND_CELLS])}{more}"
+
+
+def _trim_cells(row: Sequence[Cell]) -> list[Cell]:
+    cells = [_canon(c) for c in row]
+    while cells and cells[-1] == "":
+        cells.pop()
+    return cells
+
+
+def locate_table(grid: list[list[Cell]], worksheet: str) -> TableSpot:
+    """Find the table wherever a person moved it, or raise rather than write somewhere else.
+
+    The header is the one row naming the four fixed columns; the table spans the run of
+    non-blank header cells around them (hand-added columns included) and every row below.
+    A sheet with no header at all is accepted only when its data starts at A1 with a date.
+    """
+    rows = _trim(grid)
+    if not rows:
+        return TableSpot()
+    headers = [i for i, row in enumerate(rows) if _is_header(row)]
+    expected = " | ".join(FIXED_COLUMNS)
+    if len(headers) > 1:
+        found = "; ".join(_quote_row(i + 1, rows[i]) for i in headers[:3])
+        raise SheetsLayoutError(
+            f"worksheet {worksheet!r} has {len(headers)} header rows ({expected}), so which table "
+            f"is the report is ambiguous: {found}. Keep one header row and delete the others"
+        )
+    if headers:
+        return _header_span(rows[headers[0]], headers[0], worksheet)
+    if _starts_with_date(rows[0]):
+        return TableSpot(0, 0, max(len(r) for r in rows))
+    first = next(i for i, row in enumerate(rows) if not _is_blank(row))
+    raise SheetsLayoutError(
+        f"worksheet {worksheet!r} has no header row ({expected}); its first non-empty "
+        f"{_quote_row(first + 1, rows[first])}. Restore the header row above the data, or "
+        f"clear the worksheet to let the next run rebuild it"
+    )
+
+
+def _header_span(row: Sequence[Cell], index: int, worksheet: str) -> TableSpot:
+    """The columns of the header row's table: the run of named cells around the fixed four."""
+    names = [_header_name(c) for c in row]
+    columns: list[int] = []
+    for name in FIXED_COLUMNS:
+        where = [j for j, text in enumerate(names) if text.lower() == name]
+        if len(where) > 1:
+            raise SheetsLayoutError(
+                f"worksheet {worksheet!r}: the header in row {index + 1} names {name!r} "
+                f"{len(where)} times (columns {', '.join(_a1_col(j) for j in where)}), so which "
+                f"column holds it is ambiguous"
+            )
+        columns += where
+    start, end = min(columns), max(columns) + 1
+    while start > 0 and names[start - 1]:
+        start -= 1
+    while end < len(names) and names[end]:
+        end += 1
+    return TableSpot(index, start, end - start)
+
+
 def _header_mapping(
     existing: list[list[Cell]],
 ) -> tuple[list[str], dict[int, int], int]:
     """New header, old column -> new column, and the index of the first data row.
 
-    Columns are matched by (case-insensitive) header name; the fixed four come first in their fixed
-    order and every other existing column follows in its old order, so hand-added columns survive.
-    A sheet whose first row already holds a date has no header: its columns are taken positionally.
+    ``existing`` is the table alone (see :func:`locate_table`). Columns are matched by
+    (case-insensitive) header name; the fixed four come first in their fixed order and every
+    other column follows in its old order, so hand-added columns survive. A table whose first
+    row already holds a date has no header: its columns are taken positionally.
     """
     width = max((len(r) for r in existing), default=0)
-    if not existing or _is_blank(existing[0]):
+    if not existing:
         old_header: list[str] = []
-        data_start = 1 if existing else 0
-    elif iso_date(existing[0][0]) is not None and not isinstance(existing[0][0], int | float):
+        data_start = 0
+    elif _starts_with_date(existing[0]):
         old_header, data_start = list(FIXED_COLUMNS), 0
     else:
-        old_header = ["" if c is None else str(c).strip() for c in existing[0]]
+        old_header = [_header_name(c) for c in existing[0]]
         data_start = 1
     old_header += [""] * (width - len(old_header))
     header = list(FIXED_COLUMNS)
@@ -335,21 +480,29 @@ def _existing_records(
     return dated, undated, duplicates, blanks
 
 
-def plan_upsert(existing: list[list[Cell]], rows: Iterable[Mapping[str, Any]]) -> UpsertPlan:
+def plan_upsert(
+    existing: list[list[Cell]],
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    worksheet: str = DEFAULT_WORKSHEET,
+) -> UpsertPlan:
     """Merge ``rows`` into a sheet's current cells.
 
-    The result has the fixed header, one row per date in ascending order (duplicates collapsed,
-    blank rows dropped, rows without a date kept at the bottom), and the upserted dates' values
-    replacing whatever was there, extra cells of those rows kept. Only the rows between the first
-    and the last difference are rewritten, so a re-run with the same values writes nothing.
+    The table keeps its place in the sheet. The result has the fixed header, one row per date in
+    ascending order (duplicates collapsed, blank rows dropped, rows without a date kept at the
+    bottom), and the upserted dates' values replacing whatever was there, extra cells of those
+    rows kept. Only the rows between the first and the last difference are rewritten, so a re-run
+    with the same values writes nothing.
     """
     incoming = _normalize_input(rows)
-    header, mapping, data_start = _header_mapping(existing)
+    spot = locate_table(existing, worksheet)
+    table = spot.cut(_trim(existing))
+    header, mapping, data_start = _header_mapping(table)
     for row in incoming.values():
         for name in row:
             if name not in header:
                 header.append(name)
-    dated, undated, duplicates, blanks = _existing_records(existing, header, mapping, data_start)
+    dated, undated, duplicates, blanks = _existing_records(table, header, mapping, data_start)
     for day, values in incoming.items():
         row = dated.get(day, [""] * len(header))
         row += [""] * (len(header) - len(row))
@@ -360,18 +513,19 @@ def plan_upsert(existing: list[list[Cell]], rows: Iterable[Mapping[str, Any]]) -
     body = [dated[d] + [""] * (width - len(dated[d])) for d in sorted(dated)]
     body += [r + [""] * (width - len(r)) for r in undated]
     grid = [list(header), *body]
-    first, last = _changed_span(existing, grid)
+    first, last = _changed_span(table, grid)
     order = {r[0]: i for i, r in enumerate(grid) if i > 0}
     return UpsertPlan(
         header=header,
         grid=grid,
         first_changed=first,
         block_end=last,
-        row_numbers={d: order[d] + 1 for d in sorted(incoming)},
+        row_numbers={d: spot.row + order[d] + 1 for d in sorted(incoming)},
         values={d: grid[order[d]] for d in sorted(incoming)},
         duplicates_collapsed=duplicates,
         dropped_blank_rows=blanks,
         undated_rows=len(undated),
+        spot=spot,
     )
 
 
@@ -398,10 +552,17 @@ def _trim(grid: list[list[Cell]]) -> list[list[Cell]]:
     return rows
 
 
-def rows_from_grid(grid: list[list[Cell]]) -> dict[str, dict[str, Cell]]:
-    """Date -> {column: value} for a sheet's cells; counters as ints (None when blank)."""
-    header, mapping, data_start = _header_mapping(_trim(grid))
-    dated, _, _, _ = _existing_records(_trim(grid), header, mapping, data_start)
+def rows_from_grid(
+    grid: list[list[Cell]], *, worksheet: str = DEFAULT_WORKSHEET
+) -> dict[str, dict[str, Cell]]:
+    """Date -> {column: value} for a sheet's cells; counters as ints (None when blank).
+
+    The table is located as the writer locates it, so a sheet the writer would refuse is refused
+    here too, and a check built on this cannot pass on a table it did not find.
+    """
+    table = locate_table(grid, worksheet).cut(_trim(grid))
+    header, mapping, data_start = _header_mapping(table)
+    dated, _, _, _ = _existing_records(table, header, mapping, data_start)
     out: dict[str, dict[str, Cell]] = {}
     for day, row in dated.items():
         values: dict[str, Cell] = {}
@@ -558,7 +719,8 @@ class _ApiSheet:
         return f"https://docs.google.com/spreadsheets/d/{self.spreadsheet_id}/edit{gid}"
 
     def read(self) -> list[list[Cell]]:
-        """Locate the worksheet, then read its cells once (typed: UNFORMATTED_VALUE)."""
+        """Locate the worksheet, then read its cells once, typed: numbers as numbers and a real
+        date as its serial number (UNFORMATTED_VALUE, SERIAL_NUMBER), not as locale text."""
         meta = self._metadata()
         self.properties = next(
             (
@@ -573,16 +735,22 @@ class _ApiSheet:
         answer = self.http.values_get(
             self.spreadsheet_id,
             absolute_range_name(self.title),
-            params={"valueRenderOption": "UNFORMATTED_VALUE", "majorDimension": "ROWS"},
+            params={
+                "valueRenderOption": "UNFORMATTED_VALUE",
+                "dateTimeRenderOption": "SERIAL_NUMBER",
+                "majorDimension": "ROWS",
+            },
         )
         return answer.get("values", [])
 
     def write(self, plan: UpsertPlan) -> _WriteOutcome:
-        """At most two calls: one structural batchUpdate (add or grow the sheet), one values PUT."""
+        """At most two calls: one structural batchUpdate (add or grow the sheet), one values PUT
+        confined to the table's own columns and rows."""
         if not plan.changed:
             return _WriteOutcome(self.url(), 0, None, False)
         assert plan.first_changed is not None
-        rows_needed, cols_needed = plan.block_end, len(plan.header)
+        spot = plan.spot
+        rows_needed, cols_needed = spot.row + plan.block_end, spot.col + len(plan.header)
         calls, created = 0, self.properties is None
         structural = self._structural_requests(rows_needed, cols_needed)
         if structural:
@@ -591,8 +759,8 @@ class _ApiSheet:
             if created:
                 self.properties = reply["replies"][0]["addSheet"]["properties"]
         block = plan.block()
-        start = plan.first_changed + 1
-        a1 = f"A{start}:{_a1_col(cols_needed - 1)}{start + len(block) - 1}"
+        start = spot.row + plan.first_changed + 1
+        a1 = f"{_a1_col(spot.col)}{start}:{_a1_col(cols_needed - 1)}{start + len(block) - 1}"
         self.http.values_update(
             self.spreadsheet_id,
             absolute_range_name(self.title, a1),
@@ -651,15 +819,18 @@ class _CsvSheet:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.cells: list[list[Cell]] = []  # as last read: the cells outside the table survive
 
     def url(self) -> str:
         return self.path.resolve().as_uri()
 
     def read(self) -> list[list[Cell]]:
         if not self.path.exists():
-            return []
-        with self.path.open(newline="", encoding="utf-8-sig") as fh:  # Excel adds a BOM
-            return [[_csv_cell(c) for c in row] for row in csv.reader(fh)]
+            self.cells = []
+        else:
+            with self.path.open(newline="", encoding="utf-8-sig") as fh:  # Excel adds a BOM
+                self.cells = [[_csv_cell(c) for c in row] for row in csv.reader(fh)]
+        return [list(r) for r in self.cells]
 
     def write(self, plan: UpsertPlan) -> _WriteOutcome:
         if not plan.changed:
@@ -671,7 +842,7 @@ class _CsvSheet:
         )
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-                csv.writer(fh, lineterminator="\n").writerows(_trim(plan.grid))
+                csv.writer(fh, lineterminator="\n").writerows(plan.splice(self.cells))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
@@ -696,6 +867,7 @@ def _csv_cell(text: str) -> Cell:
 class SheetsSettings:
     """The resource's fields with empty ones filled from the environment, read at run time."""
 
+    backend: str  # as configured; "" means the profile's default
     spreadsheet_id: str
     credentials_path: str
     worksheet: str
@@ -704,22 +876,54 @@ class SheetsSettings:
 
     @property
     def mode(self) -> str:
-        """``google`` | ``emulator`` | ``local-csv``; raises on a half configuration."""
+        """``google`` | ``emulator`` | ``local-csv``; a bad or missing setting raises, naming it.
+
+        The emulator speaks Google's protocol, so it serves the ``google`` backend.
+        """
+        if self.chosen_backend() == CSV_BACKEND:
+            return "local-csv"
         if self.emulator_host:
             return "emulator"
-        has_id, has_creds = bool(self.spreadsheet_id), bool(self.credentials_path)
-        if has_id and has_creds:
-            return "google"
-        if not has_id and not has_creds:
-            return "local-csv"
-        present, missing = (
-            (ENV_SPREADSHEET_ID, ENV_CREDENTIALS)
-            if has_id
-            else (ENV_CREDENTIALS, ENV_SPREADSHEET_ID)
+        self._require_google_settings()
+        return "google"
+
+    def chosen_backend(self) -> str:
+        """The backend asked for by name, else ``csv`` in the local profile when no Google
+        Sheets setting is given, else ``google``: production never falls back to a file."""
+        if self.backend:
+            choice = self.backend.lower()
+            if choice not in (GOOGLE_BACKEND, CSV_BACKEND):
+                raise SheetsConfigError(
+                    f"{ENV_BACKEND}={self.backend!r} is not a Sheets backend: use "
+                    f"{GOOGLE_BACKEND!r} (Google Sheets) or {CSV_BACKEND!r} (a local CSV file)"
+                )
+            return choice
+        given = self.spreadsheet_id or self.credentials_path or self.emulator_host
+        return CSV_BACKEND if settings.is_local() and not given else GOOGLE_BACKEND
+
+    def _require_google_settings(self) -> None:
+        pairs = (
+            (ENV_SPREADSHEET_ID, self.spreadsheet_id),
+            (ENV_CREDENTIALS, self.credentials_path),
         )
+        missing = [name for name, value in pairs if not value]
+        if not missing:
+            return
+        states = " and ".join(
+            f"{name} {'is set but empty' if name in os.environ else 'is not set'}"
+            for name in missing
+        )
+        why = ""
+        if not self.backend:
+            why = (
+                ", chosen because a Google Sheets setting is given"
+                if settings.is_local()
+                else ", the default outside the local profile"
+            )
         raise SheetsConfigError(
-            f"Google Sheets is half configured: {present} is set but {missing} is not. "
-            f"Set both to write to Google Sheets, or neither to write a local CSV report."
+            f"{states}: the Google Sheets report ({ENV_BACKEND}={GOOGLE_BACKEND}{why}) needs "
+            f"both {ENV_SPREADSHEET_ID} and {ENV_CREDENTIALS} (a service-account file). "
+            f"To write a local CSV file instead, set {ENV_BACKEND}={CSV_BACKEND}"
         )
 
     @property
@@ -749,17 +953,21 @@ class SheetsResource(ConfigurableResource):
     """Where the daily report goes: Google Sheets, a Sheets emulator, or a local CSV file.
 
     Like the other resources, an empty field falls back to its environment variable at run time
-    (``ITRESUME_SHEETS_SPREADSHEET_ID``, ``ITRESUME_SHEETS_CREDENTIALS``,
-    ``ITRESUME_SHEETS_WORKSHEET`` then ``daily_metrics``, ``SHEETS_EMULATOR_HOST``, and
-    ``$ITRESUME_HOME/sheets`` for ``local_dir``), so ``SheetsResource()`` follows DESIGN §3.
+    (``ITRESUME_SHEETS_BACKEND``, ``ITRESUME_SHEETS_SPREADSHEET_ID``,
+    ``ITRESUME_SHEETS_CREDENTIALS``, ``ITRESUME_SHEETS_WORKSHEET`` then ``daily_metrics``,
+    ``SHEETS_EMULATOR_HOST``, and ``$ITRESUME_HOME/sheets`` for ``local_dir``), so
+    ``SheetsResource()`` follows the environment.
 
-    Mode: an emulator host -> ``emulator``; a spreadsheet id and a credentials file -> ``google``;
-    neither -> ``local-csv``; only one of the two -> a configuration error naming the missing
-    variable. In emulator mode an empty spreadsheet id means ``"local-emulator"`` and credentials
-    are ignored. ``api_base_url`` replaces ``https://sheets.googleapis.com`` in google mode (tests
-    point it at the emulator to run the real OAuth flow; empty means real Google).
+    Mode: backend ``csv`` -> ``local-csv``; otherwise an emulator host -> ``emulator``; otherwise
+    ``google``, which needs a spreadsheet id and a credentials file and names whichever is
+    missing. With no backend given, the local profile means ``csv`` unless a Google Sheets
+    setting or an emulator host is given, and production means ``google``. In emulator mode an
+    empty spreadsheet id means ``"local-emulator"`` and credentials are ignored.
+    ``api_base_url`` replaces ``https://sheets.googleapis.com`` in google mode (tests point it at
+    the emulator to run the real OAuth flow; empty means real Google).
     """
 
+    backend: str = ""
     spreadsheet_id: str = ""
     credentials_path: str = ""
     worksheet: str = ""
@@ -775,19 +983,23 @@ class SheetsResource(ConfigurableResource):
     # configuration ---------------------------------------------------------------------------
     def settings(self) -> SheetsSettings:
         """Fields, else environment variables, else defaults; resolved now, not at import."""
-        home = _env("ITRESUME_HOME") or ".itresume"
-        local_dir = self.local_dir.strip() or str(Path(home) / "sheets")
+        local_dir = self.local_dir.strip()
         return SheetsSettings(
-            spreadsheet_id=self.spreadsheet_id.strip() or _env(ENV_SPREADSHEET_ID),
-            credentials_path=self.credentials_path.strip() or _env(ENV_CREDENTIALS),
-            worksheet=self.worksheet.strip() or _env(ENV_WORKSHEET) or DEFAULT_WORKSHEET,
-            emulator_host=self.emulator_host.strip() or _env(ENV_EMULATOR_HOST),
-            local_dir=Path(local_dir).expanduser().absolute(),
+            backend=self.backend.strip() or settings.env(ENV_BACKEND),
+            spreadsheet_id=self.spreadsheet_id.strip() or settings.env(ENV_SPREADSHEET_ID),
+            credentials_path=self.credentials_path.strip() or settings.env(ENV_CREDENTIALS),
+            worksheet=self.worksheet.strip() or settings.env(ENV_WORKSHEET, DEFAULT_WORKSHEET),
+            emulator_host=self.emulator_host.strip() or settings.env(ENV_EMULATOR_HOST),
+            local_dir=(
+                Path(local_dir).expanduser().absolute()
+                if local_dir
+                else settings.sheets_local_dir()
+            ),
         )
 
     @property
     def mode(self) -> str:
-        """``google`` | ``emulator`` | ``local-csv``; raises on a half configuration."""
+        """``google`` | ``emulator`` | ``local-csv``; a bad or missing setting raises, naming it."""
         return self.settings().mode
 
     @property
@@ -816,7 +1028,7 @@ class SheetsResource(ConfigurableResource):
         cfg = self.settings()
         sheet = self._open(cfg)
         with _host_lock(cfg.lock_name()), self._explained_errors(cfg):
-            plan = plan_upsert(sheet.read(), rows)
+            plan = plan_upsert(sheet.read(), rows, worksheet=cfg.worksheet)
             outcome = sheet.write(plan)
         _log_outcome(cfg, plan, outcome)
         return UpsertResult(
@@ -837,7 +1049,7 @@ class SheetsResource(ConfigurableResource):
         cfg = self.settings()
         sheet = self._open(cfg)
         with self._explained_errors(cfg):
-            return rows_from_grid(sheet.read())
+            return rows_from_grid(sheet.read(), worksheet=cfg.worksheet)
 
     # internals -------------------------------------------------------------------------------
     def _open(self, cfg: SheetsSettings) -> _ApiSheet | _CsvSheet:
@@ -846,11 +1058,11 @@ class SheetsResource(ConfigurableResource):
             raise SheetsConfigError("max_attempts must be at least 1")
         if mode == "local-csv":
             log.warning(
-                "Sheets: %s and %s are not set, so the report is a LOCAL CSV file %s, "
-                "not Google Sheets",
-                ENV_SPREADSHEET_ID,
-                ENV_CREDENTIALS,
+                "Sheets: the report is a LOCAL CSV file %s, not Google Sheets (%s)",
                 cfg.csv_path,
+                f"{ENV_BACKEND}={CSV_BACKEND}"
+                if cfg.backend
+                else "local profile, no Google Sheets settings",
             )
             return _CsvSheet(cfg.csv_path)
         if mode == "emulator":
@@ -893,11 +1105,6 @@ class SheetsResource(ConfigurableResource):
             ) from None
 
 
-def _env(name: str) -> str:
-    """An environment variable with blanks stripped; empty counts as unset."""
-    return os.environ.get(name, "").strip()
-
-
 def _log_outcome(cfg: SheetsSettings, plan: UpsertPlan, outcome: _WriteOutcome) -> None:
     if plan.duplicates_collapsed or plan.dropped_blank_rows:
         log.warning(
@@ -908,7 +1115,7 @@ def _log_outcome(cfg: SheetsSettings, plan: UpsertPlan, outcome: _WriteOutcome) 
         )
     if plan.undated_rows:
         log.warning(
-            "Sheets: %d row(s) in %r have no ISO date in column A; kept them below the dates",
+            "Sheets: %d row(s) in %r have no date in the date column; kept them below the dates",
             plan.undated_rows,
             cfg.worksheet,
         )

@@ -1,4 +1,5 @@
--- Idempotent migrations. {schema} is substituted as a quoted identifier by resources/postgres.py.
+-- Idempotent migrations, run when schema_version is missing or older than the code's.
+-- {schema} is substituted as a quoted identifier by resources/postgres.py.
 CREATE SCHEMA IF NOT EXISTS {schema};
 
 CREATE TABLE IF NOT EXISTS {schema}.attempts (
@@ -31,4 +32,11 @@ CREATE TABLE IF NOT EXISTS {schema}.daily_metrics (
     successful_attempts bigint  NOT NULL,
     unique_users        bigint  NOT NULL,
     updated_at          timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per applied version (resources/postgres.py SCHEMA_VERSION). First use reads it
+-- instead of re-running this file, whose CREATE INDEX would wait for every running load.
+CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+    version    integer     PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
 );
