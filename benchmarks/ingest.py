@@ -42,8 +42,8 @@ import requests
 from psycopg import sql
 
 from itresume_pipeline.assets.metrics import upsert_daily_metrics
+from itresume_pipeline.local.simulator import ApiSimulator, render_day_json
 from itresume_pipeline.resources.postgres import PostgresResource
-from itresume_pipeline.simulator import ApiSimulator, render_day_json
 
 DB_URL = os.environ.get(
     "ITRESUME_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.resources.api import ItResumeApiResource
 from itresume_pipeline.resources.postgres import PostgresResource, forget_migrations
-from itresume_pipeline.simulator import ApiSimulator
 
 TEST_CLIENT = "test-client"
 TEST_CLIENT_KEY = "sEcReT-KeY-4f1d9c"  # recognizable, so leak tests can search for it

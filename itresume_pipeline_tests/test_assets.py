@@ -16,7 +16,7 @@ from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.jobs import range_tags
 from itresume_pipeline.landing import landing_path
 from itresume_pipeline.loading import DayLoad, replace_days
-from itresume_pipeline.simulator import generate_day, render_day_json
+from itresume_pipeline.local.simulator import generate_day, render_day_json
 from itresume_pipeline_tests.conftest import TEST_ATTEMPTS_PER_DAY, TEST_CLIENT_KEY, make_api
 
 DAY = date(2024, 10, 8)

@@ -1,6 +1,6 @@
 """The Dagster UI in a real browser: launch one partition from the asset graph, end to end.
 
-A fresh instance is started the way `make dev` does it (itresume_pipeline/dev.py): the shipped
+A fresh instance is started the way `make dev` does it (itresume_pipeline/local/dev.py): the shipped
 `dagster.yaml` in a new DAGSTER_HOME, run/event/schedule storage in a new PostgreSQL database,
 and `dagster dev` (webserver + daemon + code server) in a process group of its own. The
 warehouse is a new schema in the test PostgreSQL, the API is the simulator.
@@ -38,8 +38,8 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from psycopg import sql
 
-from itresume_pipeline.dev import dagster_storage_url, install_instance_config
-from itresume_pipeline.simulator import ApiSimulator
+from itresume_pipeline.local.dev import dagster_storage_url, install_instance_config
+from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY
 
 ROOT = Path(__file__).resolve().parents[1]

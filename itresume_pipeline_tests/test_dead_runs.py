@@ -21,8 +21,8 @@ import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
 from itresume_pipeline.dead_runs import process_alive, recorded_pid
+from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.sensors import dead_run_detector, run_failure_alert
-from itresume_pipeline.simulator import ApiSimulator
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY
 from itresume_pipeline_tests.test_mail import mail_for, smtp_server
 

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from itresume_pipeline.columns import column_lines, decode_records
+from itresume_pipeline.local.simulator import render_day_json
 from itresume_pipeline.parsing import (
     _reference_moment,
     copy_line_digest,
@@ -31,7 +32,6 @@ from itresume_pipeline.parsing import (
     to_copy_line,
 )
 from itresume_pipeline.payload import DayStats, _dedupe, process_day
-from itresume_pipeline.simulator import render_day_json
 
 DAY = date(2024, 10, 8)
 START = datetime(2024, 10, 8)

@@ -24,13 +24,13 @@ from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics, upsert_daily_metrics
 from itresume_pipeline.assets.reporting import sheets_report
 from itresume_pipeline.loading import replace_days
+from itresume_pipeline.local.sheets_emulator import SheetsEmulator
+from itresume_pipeline.local.simulator import ApiSimulator, generate_day
 from itresume_pipeline.parsing import validate_record
 from itresume_pipeline.partitions import day_bounds
 from itresume_pipeline.payload import count_records
 from itresume_pipeline.resources.postgres import PostgresResource
 from itresume_pipeline.resources.sheets import SheetsResource
-from itresume_pipeline.sheets_emulator import SheetsEmulator
-from itresume_pipeline.simulator import ApiSimulator, generate_day
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY, make_api
 
 DAY = date(2024, 10, 8)

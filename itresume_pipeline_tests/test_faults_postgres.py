@@ -28,6 +28,7 @@ from psycopg import sql
 
 from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
+from itresume_pipeline.local.simulator import ApiSimulator, generate_day
 from itresume_pipeline.resources.postgres import (
     DAY_LOCK_NAMESPACE,
     MIGRATION_LOCK_KEY,
@@ -36,7 +37,6 @@ from itresume_pipeline.resources.postgres import (
     WarehouseError,
     forget_migrations,
 )
-from itresume_pipeline.simulator import ApiSimulator, generate_day
 from itresume_pipeline_tests.test_faults_api import (
     ALL_ASSETS,
     DAY,

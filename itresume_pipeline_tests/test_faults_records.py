@@ -28,6 +28,7 @@ from itresume_pipeline import landing
 from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.loading import replace_days
+from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.parsing import (
     MAX_FIELD_CHARS,
     PassbackError,
@@ -38,7 +39,6 @@ from itresume_pipeline.parsing import (
 from itresume_pipeline.partitions import day_bounds
 from itresume_pipeline.payload import PayloadError, process_day
 from itresume_pipeline.resources.postgres import PostgresResource
-from itresume_pipeline.simulator import ApiSimulator
 from itresume_pipeline_tests.conftest import make_api
 from itresume_pipeline_tests.test_faults_api import (
     DAY,

@@ -19,11 +19,11 @@ from dagster import DagsterEventType, DagsterInstance
 
 from itresume_pipeline.alerts import AlertSpool
 from itresume_pipeline.assets.reporting import sheets_report
+from itresume_pipeline.local.sheets_emulator import SheetsEmulator
+from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.resources.mail import MailResource
 from itresume_pipeline.resources.sheets import SheetsResource
 from itresume_pipeline.sensors import alert_outbox_flush, run_failure_alert
-from itresume_pipeline.sheets_emulator import SheetsEmulator
-from itresume_pipeline.simulator import ApiSimulator
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY, make_api
 from itresume_pipeline_tests.test_faults_api import (
     DAY,

@@ -29,10 +29,10 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from itresume_pipeline import landing
+from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.payload import count_records
 from itresume_pipeline.resources.api import ApiCancelled, ApiError, ItResumeApiResource
 from itresume_pipeline.settings import SettingError
-from itresume_pipeline.simulator import ApiSimulator
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY, make_api
 
 DAY = datetime(2024, 10, 8)

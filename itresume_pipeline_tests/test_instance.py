@@ -28,9 +28,9 @@ from dagster._core.scheduler.instigation import InstigatorType, TickStatus
 from psycopg import sql
 
 from itresume_pipeline.alerts import WILL_RETRY_TAG
-from itresume_pipeline.dev import dagster_storage_url, install_instance_config
-from itresume_pipeline.embedded_postgres import ensure_database
 from itresume_pipeline.jobs import API_CONCURRENCY_TAG
+from itresume_pipeline.local.dev import dagster_storage_url, install_instance_config
+from itresume_pipeline.local.embedded_postgres import ensure_database
 from itresume_pipeline.schedules import MAX_RETRIES_TAG
 
 REPO = Path(__file__).resolve().parent.parent
@@ -347,7 +347,7 @@ def test_make_dev_serves_the_ui_and_stops_everything(
     output = tmp_path / "dev.out"
     with output.open("wb") as sink:
         launcher = subprocess.Popen(
-            [sys.executable, "-m", "itresume_pipeline.dev"],
+            [sys.executable, "-m", "itresume_pipeline.local.dev"],
             cwd=REPO,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -11,8 +11,8 @@ from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.assets.reporting import sheets_report
 from itresume_pipeline.jobs import range_tags
+from itresume_pipeline.local.sheets_emulator import SheetsEmulator
 from itresume_pipeline.resources.sheets import SheetsResource
-from itresume_pipeline.sheets_emulator import SheetsEmulator
 
 ALL_ASSETS = [raw_attempts, postgres_attempts, daily_metrics, sheets_report]
 HEADER = ["date", "attempts", "successful_attempts", "unique_users"]

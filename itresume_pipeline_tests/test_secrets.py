@@ -44,6 +44,8 @@ from psycopg import sql
 from itresume_pipeline import landing
 from itresume_pipeline.assets.reporting import sheets_report
 from itresume_pipeline.loading import replace_days
+from itresume_pipeline.local.sheets_emulator import SheetsEmulator
+from itresume_pipeline.local.simulator import ApiSimulator, render_day_json
 from itresume_pipeline.logs import python_logs_settings
 from itresume_pipeline.partitions import day_bounds
 from itresume_pipeline.payload import count_records
@@ -54,8 +56,6 @@ from itresume_pipeline.resources.mail import MailDeliveryError, MailResource
 from itresume_pipeline.resources.postgres import PostgresResource, WarehouseError
 from itresume_pipeline.resources.sheets import SheetsError, SheetsResource
 from itresume_pipeline.sensors import alert_outbox_flush, run_failure_alert
-from itresume_pipeline.sheets_emulator import SheetsEmulator
-from itresume_pipeline.simulator import ApiSimulator, render_day_json
 from itresume_pipeline_tests.conftest import TEST_CLIENT
 from itresume_pipeline_tests.test_faults_api import (
     DAY,

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from itresume_pipeline.local.sheets_emulator import SheetsEmulator
 from itresume_pipeline.resources.sheets import (
     FIXED_COLUMNS,
     SheetsApiError,
@@ -30,7 +31,6 @@ from itresume_pipeline.resources.sheets import (
     plan_upsert,
 )
 from itresume_pipeline.settings import SettingError
-from itresume_pipeline.sheets_emulator import SheetsEmulator
 
 HEADER = list(FIXED_COLUMNS)
 KEY = "sheet-key-1"

@@ -18,13 +18,13 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from itresume_pipeline.local.sheets_emulator import SheetsEmulator
 from itresume_pipeline.resources.sheets import (
     FIXED_COLUMNS,
     SheetsLayoutError,
     SheetsResource,
     plan_upsert,
 )
-from itresume_pipeline.sheets_emulator import SheetsEmulator
 
 HEADER = list(FIXED_COLUMNS)
 KEY = "hand-edited"

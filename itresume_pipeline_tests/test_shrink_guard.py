@@ -15,7 +15,7 @@ from itresume_pipeline.assets.ingestion import ALLOW_SHRINK_TAG, postgres_attemp
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.jobs import range_tags
 from itresume_pipeline.landing import landing_path, loaded_path, open_payload
-from itresume_pipeline.simulator import generate_day
+from itresume_pipeline.local.simulator import generate_day
 from itresume_pipeline_tests.conftest import TEST_ATTEMPTS_PER_DAY
 from itresume_pipeline_tests.test_assets import table_rows
 

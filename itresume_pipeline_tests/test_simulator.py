@@ -27,7 +27,7 @@ import orjson
 import pytest
 import requests
 
-from itresume_pipeline.simulator import ApiSimulator, generate_day, render_day_json
+from itresume_pipeline.local.simulator import ApiSimulator, generate_day, render_day_json
 
 DAY = date(2024, 10, 8)
 NEXT_DAY = DAY + timedelta(days=1)

@@ -29,7 +29,6 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field
 
 from itresume_pipeline import settings
-from itresume_pipeline.embedded_postgres import embedded_server_uri
 from itresume_pipeline.redaction import redact
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -176,7 +175,10 @@ class PostgresResource(ConfigurableResource):
         url = self.database_url or settings.env(DATABASE_URL_VAR)
         if url:
             return check_database_url(url)
-        return embedded_server_uri(settings.embedded_pg_dir())  # the local profile only
+        # The local rig is loaded on demand; embedded_server_uri refuses outside the local profile.
+        from itresume_pipeline.local.embedded_postgres import embedded_server_uri
+
+        return embedded_server_uri(settings.embedded_pg_dir())
 
     def _migrate_once(self, conn: psycopg.Connection, conninfo: str) -> None:
         key = (conninfo, self._schema())

@@ -4,7 +4,7 @@
 one merge algorithm (:func:`plan_upsert`), so they behave the same:
 
 * ``google``: the real Sheets API through gspread, authenticated with a service-account file;
-* ``emulator``: plain HTTP to ``SHEETS_EMULATOR_HOST`` (see ``itresume_pipeline.sheets_emulator``)
+* ``emulator``: plain HTTP to ``SHEETS_EMULATOR_HOST`` (``itresume_pipeline.local.sheets_emulator``)
   with no credentials, like Google's other ``*_EMULATOR_HOST`` conventions; it speaks Google's
   protocol, so it stands in for the ``google`` backend;
 * ``local-csv``: the "sheet" is ``<local_dir>/<worksheet>.csv``, loudly flagged as such. It is

@@ -24,7 +24,7 @@ Fault injection (``inject``, ``inject_delay``, ``inject_disconnect``) applies to
 never to ``/token``, so a test decides exactly which API call fails.
 
 Run standalone for a demo:
-``python -m itresume_pipeline.sheets_emulator --port 8099 --spreadsheet ID``.
+``python -m itresume_pipeline.local.sheets_emulator --port 8099 --spreadsheet ID``.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING
 from itresume_pipeline.settings import LOCAL_PROFILE, LOCAL_PROFILE_MEANS
 
 if TYPE_CHECKING:
-    from itresume_pipeline.simulator import ApiSimulator
+    from itresume_pipeline.local.simulator import ApiSimulator
 
 DAGSTER_DATABASE = "dagster"
 DEFAULT_HOST = "127.0.0.1"
@@ -127,7 +127,7 @@ INSTANCE_CONFIG = Path("deploy") / "dagster.yaml"
 
 def project_root() -> Path:
     """The checkout holding `workspace.yaml` and the shipped `deploy/dagster.yaml`."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parent.parent):
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (candidate / "workspace.yaml").is_file() and (candidate / INSTANCE_CONFIG).is_file():
             return candidate
     raise DevError(
@@ -169,7 +169,7 @@ def prepare_environment(*, port: int | None = None) -> DevEnvironment:
     os.environ["ITRESUME_HOME"] = str(Path(os.environ["ITRESUME_HOME"]).expanduser().absolute())
 
     from itresume_pipeline import settings
-    from itresume_pipeline.embedded_postgres import embedded_server_uri, ensure_database
+    from itresume_pipeline.local.embedded_postgres import embedded_server_uri, ensure_database
 
     home = settings.home()
     home.mkdir(parents=True, exist_ok=True)
@@ -227,7 +227,7 @@ def _start_simulator() -> ApiSimulator | None:
     """The API simulator, unless a real (or other) API is configured."""
     if os.environ.get("ITRESUME_API_URL", "").strip():
         return None
-    from itresume_pipeline.simulator import ApiSimulator
+    from itresume_pipeline.local.simulator import ApiSimulator
 
     simulator = ApiSimulator(client=DEV_CLIENT, client_key=DEV_CLIENT_KEY).start()
     os.environ["ITRESUME_API_URL"] = simulator.url

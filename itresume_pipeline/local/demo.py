@@ -30,7 +30,7 @@ def main() -> int:
     from dagster import DagsterInstance
 
     from itresume_pipeline import settings
-    from itresume_pipeline.simulator import ApiSimulator
+    from itresume_pipeline.local.simulator import ApiSimulator
 
     home = settings.home()
     home.mkdir(parents=True, exist_ok=True)
