@@ -10,8 +10,12 @@ code is untouched: this is PostgreSQL doing what it does.
 from __future__ import annotations
 
 import atexit
+import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,7 +27,7 @@ from unittest import mock
 
 import psycopg
 import pytest
-from dagster import DagsterEventType, DagsterInstance
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from psycopg import sql
 
 from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
@@ -37,6 +41,7 @@ from itresume_pipeline.resources.postgres import (
     WarehouseError,
     forget_migrations,
 )
+from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY
 from itresume_pipeline_tests.test_faults_api import (
     ALL_ASSETS,
     DAY,
@@ -388,3 +393,55 @@ def test_a_schema_without_its_version_is_migrated_under_the_migration_lock(
         assert conn.execute(sql.SQL("SELECT version FROM {}").format(version)).fetchall() == [
             (SCHEMA_VERSION,)
         ]
+
+
+def test_one_sigterm_during_the_load_stops_the_run_and_keeps_the_old_day(
+    resources: dict[str, Any], small_simulator: ApiSimulator, warehouse, gate: Gate, tmp_path
+) -> None:
+    """A shell run stopped inside its COPY by one SIGTERM (what `dagster run terminate`, the
+    UI's Terminate and systemd send): it ends within 15 s, is not a success and is not retried
+    by the step's retry policy, and the day keeps the rows it had."""
+    seed_day(resources)
+    before = db_state(warehouse)
+    small_simulator.set_day_payload(DAY, other_day_payload(DAY))
+    dagster_home = tmp_path / "dagster_home"
+    dagster_home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "ITRESUME_"))}
+    env.update(
+        DAGSTER_HOME=str(dagster_home),
+        ITRESUME_HOME=os.environ["ITRESUME_HOME"],
+        ITRESUME_API_URL=small_simulator.url,
+        ITRESUME_CLIENT=TEST_CLIENT,
+        ITRESUME_CLIENT_KEY=TEST_CLIENT_KEY,
+        ITRESUME_DATABASE_URL=warehouse.database_url,
+        ITRESUME_DB_SCHEMA=warehouse.schema_name,
+    )
+    command = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize"]
+    command += ["-m", "itresume_pipeline", "--select", "raw_attempts,postgres_attempts"]
+    command += ["--partition", DAY.isoformat()]
+    gate.close()
+    process = subprocess.Popen(
+        command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        [pid] = gate.held(timeout=60)
+        assert current_query(warehouse.database_url, pid).startswith("COPY ")
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        output, _ = process.communicate(timeout=15)
+        assert time.monotonic() - sent < 15
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        gate.open()
+    text = output.decode(errors="replace")
+    assert process.returncode != 0, text[-3000:]
+    assert "STEP_RESTARTED" not in text, text[-3000:]
+    with DagsterInstance.from_config(str(dagster_home)) as instance:
+        (run,) = instance.get_runs()
+    assert run.status != DagsterRunStatus.SUCCESS
+    deadline = time.monotonic() + 10
+    while db_state(warehouse) != before and time.monotonic() < deadline:
+        time.sleep(0.1)  # the server ends the orphaned COPY once the gate opens
+    assert db_state(warehouse) == before
