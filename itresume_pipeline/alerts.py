@@ -1,27 +1,29 @@
-"""Failure alerts: what the e-mail says, and a durable spool that delivers it exactly once.
+"""Failure alerts: what the e-mail says, and the one outbox that delivers it exactly once.
 
-Delivery goes through a spool on disk rather than straight to SMTP because a run-failure sensor
-sees each failure once: its cursor moves on even when the body raises. So the sensor first
-*records* the alert (``pending/<run_id>.eml``), then tries to send everything pending; whatever
-the relay refuses stays pending for the next tick (of either sensor).
+A run-failure sensor sees each failure once (its cursor moves on even when the body raises), so
+the alert is first *recorded* in the outbox, ``pending/<run_id>.eml``, and only then delivered;
+whatever the relay refuses stays pending for the next tick of either sensor. A delivered message
+is moved up into the outbox folder itself, ``<run_id>.eml``: with a relay, after the relay took
+it; in the local profile without a relay, that move is the delivery, and the file is what people
+read.
 
 Guarantees:
 
-* never lost: a message leaves ``pending/`` only by a rename into ``sent/`` after the relay
-  accepted it;
-* never doubled: a run id already in ``pending/`` or ``sent/`` is not enqueued again (checked and
-  created under a spool-wide lock), and a per-message lock stops two concurrent flushes (the
+* never lost: a message leaves ``pending/`` only by that rename, after the relay accepted it;
+* never doubled: a run id already pending or delivered is not enqueued again (checked and
+  created under an outbox-wide lock), and a per-message lock stops two concurrent flushes (the
   failure sensor and the flush sensor) from sending the same file.
 
 The one window left: a crash (kill -9, power loss) after the relay accepted the message but
-before the rename into ``sent/`` sends it again on the next tick. Both copies carry the same
-Message-ID (derived from the run id), so most mail clients show one. Closing that window would
-need the relay to take part in a two-phase commit, which SMTP has no way to do.
+before the rename sends it again on the next tick. Both copies carry the same Message-ID
+(derived from the run id), so most mail clients show one. Closing that window would need the
+relay to take part in a two-phase commit, which SMTP has no way to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -41,11 +43,6 @@ if TYPE_CHECKING:
     from dagster import DagsterEvent, DagsterRun
     from dagster._utils.error import SerializableErrorInfo
 
-try:  # POSIX only; without it the spool still works, minus the cross-process locks
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
-
 log = logging.getLogger(__name__)
 
 PARTITION_TAG = "dagster/partition"
@@ -64,15 +61,15 @@ _RELAY_DOWN_STEPS = frozenset({"connect", "starttls", "login", "config"})
 _DAGSTER_FRAME_MARKERS = ("/site-packages/dagster/", "\\site-packages\\dagster\\", "contextlib.py")
 
 
-# -- spool location -----------------------------------------------------------------------------
+# -- outbox location ----------------------------------------------------------------------------
+
+OUTBOX_VAR = "ITRESUME_OUTBOX_DIR"
 
 
-def spool_dir() -> Path:
-    """``$ITRESUME_ALERT_SPOOL_DIR``, else ``$ITRESUME_HOME/alerts``; read at call time."""
-    explicit = settings.env("ITRESUME_ALERT_SPOOL_DIR")
-    if explicit:
-        return Path(explicit).expanduser().absolute()
-    return settings.home() / "alerts"
+def outbox_dir() -> Path:
+    """``$ITRESUME_OUTBOX_DIR``, else ``$ITRESUME_HOME/outbox``; read at call time."""
+    explicit = settings.env(OUTBOX_VAR)
+    return Path(explicit).expanduser().absolute() if explicit else settings.outbox_dir()
 
 
 def run_url(run_id: str, base_url: str | None = None) -> str:
@@ -93,7 +90,7 @@ def partition_label(tags: Mapping[str, str]) -> str | None:
     return None
 
 
-def _chain(error: SerializableErrorInfo | None) -> list[SerializableErrorInfo]:
+def error_chain(error: SerializableErrorInfo | None) -> list[SerializableErrorInfo]:
     """The error and its causes (explicit ``cause`` first, else implicit ``context``)."""
     out: list[SerializableErrorInfo] = []
     while error is not None and len(out) < 20:
@@ -102,36 +99,28 @@ def _chain(error: SerializableErrorInfo | None) -> list[SerializableErrorInfo]:
     return out
 
 
-def _one_line(error: SerializableErrorInfo) -> str:
-    """``Class: message``, first line only. Dagster already prefixes some messages with the
-    class name (``"ValueError: boom"``), so it is not added twice."""
+def _text(error: SerializableErrorInfo, *, first_line: bool = False) -> str:
+    """``Class: message``. Dagster already prefixes some messages with the class name
+    (``"ValueError: boom"``), so it is not added twice."""
     message = (error.message or "").strip()
-    first = message.splitlines()[0].strip() if message else ""
+    if first_line and message:
+        message = message.splitlines()[0].strip()
     cls_name = error.cls_name or "Error"
-    if first.startswith(f"{cls_name}:") or first == cls_name:
-        return first
-    return f"{cls_name}: {first}" if first else cls_name
-
-
-def _message_text(error: SerializableErrorInfo) -> str:
-    message = (error.message or "").strip()
-    cls_name = error.cls_name or "Error"
-    return message if message.startswith(f"{cls_name}:") else f"{cls_name}: {message}"
-
-
-def _is_dagster_frame(frame: str) -> bool:
-    return any(marker in frame for marker in _DAGSTER_FRAME_MARKERS)
+    if message.startswith(f"{cls_name}:") or message == cls_name:
+        return message
+    return f"{cls_name}: {message}" if message else cls_name
 
 
 def _stack_tail(error: SerializableErrorInfo, frames: int = STACK_TAIL_FRAMES) -> str:
     """The innermost frames, without Dagster's own plumbing (unless that is all there is)."""
     stack = list(error.stack or [])
-    ours = [f for f in stack if not _is_dagster_frame(f)] or stack
-    lines: list[str] = []
-    for frame in ours[-frames:]:
-        for line in frame.rstrip("\n").splitlines():
-            if line.strip() and set(line.strip()) - set("^~ "):  # drop caret-marker lines
-                lines.append(line.rstrip())
+    ours = [f for f in stack if not any(m in f for m in _DAGSTER_FRAME_MARKERS)] or stack
+    lines = [
+        line.rstrip()
+        for frame in ours[-frames:]
+        for line in frame.rstrip("\n").splitlines()
+        if line.strip() and set(line.strip()) - set("^~ ")  # drop caret-marker lines
+    ]
     return "\n".join(lines)
 
 
@@ -148,45 +137,31 @@ class StepError:
 
 def describe_error(step_key: str, error: SerializableErrorInfo | None) -> StepError:
     """Pick the real exception out of Dagster's wrappers (retry policy, step execution)."""
-    chain = _chain(error)
+    chain = error_chain(error)
     if not chain:
         return StepError(step_key=step_key, error="(no error information recorded)")
-    real = next((e for e in chain if not (e.cls_name or "").startswith(_WRAPPER_PREFIXES)), None)
-    real = real or chain[-1]
-    retries = next(
-        (
-            (e.message or "").strip().rstrip(":")
-            for e in chain
-            if (e.cls_name or "").startswith("RetryRequested")
-        ),
-        None,
-    )
+    unwrapped = [e for e in chain if not (e.cls_name or "").startswith(_WRAPPER_PREFIXES)]
+    real = unwrapped[0] if unwrapped else chain[-1]
+    retries = [e for e in chain if (e.cls_name or "").startswith("RetryRequested")]
     return StepError(
         step_key=step_key,
-        error=_message_text(real),
-        chain=tuple(_one_line(e) for e in chain),
+        error=_text(real),
+        chain=tuple(_text(e, first_line=True) for e in chain),
         stack_tail=_stack_tail(real),
-        retries_exhausted=retries,
+        retries_exhausted=(retries[0].message or "").strip().rstrip(":") if retries else None,
     )
 
 
-def step_errors(step_failures: Sequence[DagsterEvent]) -> list[StepError]:
-    out = []
-    for event in step_failures:
-        data = getattr(event, "step_failure_data", None)
-        out.append(describe_error(event.step_key or "?", getattr(data, "error", None)))
-    return out
-
-
-def _run_failure_error(run_failure: DagsterEvent | None) -> StepError | None:
-    """For failures outside any step (run worker crash, bad config, resource init)."""
-    if run_failure is None:
-        return None
-    data = getattr(run_failure, "event_specific_data", None)
-    error = getattr(data, "error", None)
-    if error is None:
-        return None
-    return describe_error("(run)", error)
+def _errors(
+    step_failures: Sequence[DagsterEvent], run_failure: DagsterEvent | None
+) -> list[StepError]:
+    """The failed steps; without any, the run's own error (worker crash, bad config)."""
+    errors = [
+        describe_error(e.step_key or "?", getattr(e.step_failure_data, "error", None))
+        for e in step_failures
+    ]
+    run_error = getattr(getattr(run_failure, "event_specific_data", None), "error", None)
+    return errors or ([describe_error("(run)", run_error)] if run_error is not None else [])
 
 
 # -- building the message -----------------------------------------------------------------------
@@ -194,6 +169,17 @@ def _run_failure_error(run_failure: DagsterEvent | None) -> StepError | None:
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _email(run: DagsterRun, subject: str, body: str) -> EmailMessage:
+    """Every piece of text goes through `redact`: error messages routinely echo request URLs and
+    connection strings. The Message-ID comes from the run id, so a resent copy is one message."""
+    msg = EmailMessage()
+    msg["Subject"] = redact(" ".join(subject.split()))  # one line, whatever the error held
+    msg["Message-ID"] = f"<run-failure.{_safe_id(run.run_id)}@itresume-pipeline>"
+    msg["X-Dagster-Run-Id"] = run.run_id
+    msg.set_content(redact(body), charset="utf-8")
+    return msg
 
 
 def build_failure_email(
@@ -205,23 +191,16 @@ def build_failure_email(
 ) -> EmailMessage:
     """The alert for a failed run: job, partition, failed steps, the real error and a link.
 
-    Every piece of text goes through `redact`, because error messages routinely echo request
-    URLs and connection strings. From/To are left to `MailResource.send`, which knows them.
+    From/To are left to `MailResource`, which knows them.
     """
     tags = dict(run.tags or {})
     partition = partition_label(tags)
-    errors = step_errors(step_failures)
-    if not errors:
-        fallback = _run_failure_error(run_failure)
-        if fallback is not None:
-            errors = [fallback]
+    errors = _errors(step_failures, run_failure)
     link = run_url(run.run_id, base_url)
     steps = ", ".join(e.step_key for e in errors) or "(none)"
-
     headline = errors[0].error.splitlines()[0] if errors else "run failed"
     subject = f"{SUBJECT_PREFIX} FAILED {run.job_name}"
-    if partition:
-        subject += f" [{partition}]"
+    subject += f" [{partition}]" if partition else ""
     subject += f" step {steps}: {_truncate(headline, _SUBJECT_ERROR_LEN)}"
 
     lines = [
@@ -235,8 +214,8 @@ def build_failure_email(
     ]
     if tags.get(BACKFILL_TAG):
         lines.append(f"Backfill:   {tags[BACKFILL_TAG]}")
-    if run_failure is not None and getattr(run_failure, "message", None):
-        lines += ["", str(run_failure.message)]
+    if getattr(run_failure, "message", None):
+        lines += ["", str(run_failure.message)]  # type: ignore[union-attr]
     for err in errors:
         lines += ["", f"--- step {err.step_key} ---", err.error]
         if err.retries_exhausted:
@@ -249,44 +228,27 @@ def build_failure_email(
     if not errors:
         lines += ["", "No step failure was recorded; see the run's event log."]
     lines += ["", f"Open the run: {link}", ""]
-
-    msg = EmailMessage()
-    msg["Subject"] = redact(" ".join(subject.split()))  # one line, whatever the error held
-    msg["Message-ID"] = f"<run-failure.{_safe_id(run.run_id)}@itresume-pipeline>"
-    msg["X-Dagster-Run-Id"] = run.run_id
-    msg.set_content(redact("\n".join(lines)), charset="utf-8")
-    return msg
+    return _email(run, subject, "\n".join(lines))
 
 
 def minimal_failure_email(
     run: DagsterRun, problem: BaseException, base_url: str | None = None
 ) -> EmailMessage:
     """Fallback when the full alert cannot be built: a bug there must not swallow the alert."""
-    link = run_url(run.run_id, base_url)
-    partition = partition_label(dict(run.tags or {}))
-    msg = EmailMessage()
-    msg["Subject"] = redact(f"{SUBJECT_PREFIX} FAILED {run.job_name} [{partition or '-'}]")
-    msg["Message-ID"] = f"<run-failure.{_safe_id(run.run_id)}@itresume-pipeline>"
-    msg["X-Dagster-Run-Id"] = run.run_id
+    partition = partition_label(dict(run.tags or {})) or "-"
     body = (
-        f"A Dagster run failed.\n\nJob:        {run.job_name}\nPartition:  {partition or '-'}\n"
-        f"Run:        {run.run_id}\nLink:       {link}\n\n"
+        f"A Dagster run failed.\n\nJob:        {run.job_name}\nPartition:  {partition}\n"
+        f"Run:        {run.run_id}\nLink:       {run_url(run.run_id, base_url)}\n\n"
         f"(The details could not be formatted: {type(problem).__name__}: {problem})\n"
     )
-    msg.set_content(redact(body), charset="utf-8")
-    return msg
+    return _email(run, f"{SUBJECT_PREFIX} FAILED {run.job_name} [{partition}]", body)
 
 
-# -- the spool ----------------------------------------------------------------------------------
+# -- the outbox ---------------------------------------------------------------------------------
 
 
 class Sender(Protocol):
     def send(self, msg: EmailMessage) -> str: ...
-
-
-class _Logger(Protocol):
-    def info(self, msg: str, *args: Any) -> None: ...
-    def warning(self, msg: str, *args: Any) -> None: ...
 
 
 _SAFE_ID_RE = re.compile(r"[^A-Za-z0-9_.-]")
@@ -295,7 +257,7 @@ _SAFE_ID_RE = re.compile(r"[^A-Za-z0-9_.-]")
 def _safe_id(key: str) -> str:
     cleaned = _SAFE_ID_RE.sub("_", key).strip(".")
     if not cleaned:
-        raise ValueError(f"unusable spool key {key!r}")
+        raise ValueError(f"unusable outbox key {key!r}")
     return cleaned[:200]
 
 
@@ -307,65 +269,49 @@ class FlushResult:
     deferred: list[str] = field(default_factory=list)  # not tried: the relay was down
 
 
-class AlertSpool:
-    """``pending/`` and ``sent/`` folders of ``<key>.eml`` files; see the module docstring."""
+class Outbox:
+    """``pending/<key>.eml`` waiting, ``<key>.eml`` delivered; see the module docstring."""
 
     def __init__(self, root: Path | str | None = None) -> None:
-        self.root = Path(root).expanduser().absolute() if root is not None else spool_dir()
+        self.root = Path(root).expanduser().absolute() if root is not None else outbox_dir()
         self.pending = self.root / "pending"
-        self.sent = self.root / "sent"
         self._tmp = self.root / "tmp"
 
-    def _ensure(self) -> None:
-        for folder in (self.pending, self.sent, self._tmp):
-            folder.mkdir(parents=True, exist_ok=True)
-
     @contextlib.contextmanager
-    def _spool_lock(self) -> Iterator[None]:
-        """Serialises "is it known?" + "create" and "pending -> sent"; held only briefly."""
+    def _lock(self) -> Iterator[None]:
+        """Serialises "is it known?" + "create" and "pending -> delivered"; held briefly."""
         with open(self.root / ".lock", "a+b") as fh:
-            if fcntl is not None:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            yield  # closing the file releases the lock
 
     def pending_keys(self) -> list[str]:
         """Oldest first, so a backlog goes out in the order the failures happened."""
-        if not self.pending.is_dir():
-            return []
         stamped = []
         for path in self.pending.glob("*.eml"):
-            try:
+            with contextlib.suppress(FileNotFoundError):  # delivered by a concurrent flush
                 stamped.append((path.stat().st_mtime_ns, path.stem))
-            except FileNotFoundError:  # moved to sent/ by a concurrent flush
-                continue
         return [key for _, key in sorted(stamped)]
 
     def sent_keys(self) -> list[str]:
-        if not self.sent.is_dir():
-            return []
-        return sorted(p.stem for p in self.sent.glob("*.eml"))
+        return sorted(p.stem for p in self.root.glob("*.eml"))
 
     def enqueue(self, key: str, msg: EmailMessage) -> bool:
         """Record ``msg`` under ``key`` (a run id). False if that key is already pending or sent.
 
-        The content is written to a temp file first and then hard-linked into ``pending/``: the
-        link fails if the name exists (the O_EXCL guarantee) and a reader never sees a partial
-        file.
+        Written to a temp file, then hard-linked into ``pending/``: the link fails if the name
+        exists (the O_EXCL guarantee) and a reader never sees a partial file.
         """
         name = f"{_safe_id(key)}.eml"
-        self._ensure()
+        for folder in (self.pending, self._tmp):
+            folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self._tmp, prefix=f"{name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(msg.as_bytes())  # LF line ends: parsed back, the body has no stray CR
                 fh.flush()
                 os.fsync(fh.fileno())
-            with self._spool_lock():
-                if (self.sent / name).exists() or (self.pending / name).exists():
+            with self._lock():
+                if (self.root / name).exists():
                     return False
                 try:
                     os.link(tmp, self.pending / name)
@@ -377,20 +323,21 @@ class AlertSpool:
             _fsync_dir(self.pending)
             return True
         finally:
-            if os.path.exists(tmp):
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-    def flush(self, sender: Sender, logger: _Logger | None = None) -> FlushResult:
-        """Try to send every pending message once; failures stay pending for the next tick."""
+    def flush(self, sender: Sender | None, logger: Any = None) -> FlushResult:
+        """Deliver every pending message once; failures stay pending for the next tick.
+
+        ``sender`` None means no relay in the local profile: the move into the outbox folder is
+        the whole delivery.
+        """
         logger = logger or log
         result = FlushResult()
         keys = self.pending_keys()
-        if keys:
-            self._ensure()
         for index, key in enumerate(keys):
-            path = self.pending / f"{key}.eml"
             try:
-                outcome = self._send_one(path, sender)
+                outcome = self._deliver(self.pending / f"{key}.eml", sender)
             except Exception as exc:  # one bad message must not block the others
                 error = redact(f"{type(exc).__name__}: {exc}")
                 result.failed[key] = error
@@ -410,52 +357,40 @@ class AlertSpool:
                 logger.info(f"alert {key} sent to {outcome}")
         return result
 
-    def _send_one(self, path: Path, sender: Sender) -> str | bool | None:
+    def _deliver(self, path: Path, sender: Sender | None) -> str | bool | None:
         """Returns where it went; None if another flush holds it; False if it vanished."""
         try:
             fh = open(path, "rb")  # noqa: SIM115 - the lock must outlive the parse
         except FileNotFoundError:
-            return False  # sent by a concurrent flush since we listed the folder
+            return False  # delivered by a concurrent flush since we listed the folder
         with fh:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return None
             try:
-                # Still the pending file? A concurrent flush may have moved it to sent/ between
-                # our open() and our lock.
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                # Still the pending file? A concurrent flush may have delivered it between our
+                # open() and our lock.
                 if os.stat(path).st_ino != os.fstat(fh.fileno()).st_ino:
                     return False
+            except BlockingIOError:
+                return None
             except FileNotFoundError:
                 return False
-            msg = cast(EmailMessage, BytesParser(policy=policy.default).parse(fh))
-            where = sender.send(msg)
-            with self._spool_lock():
-                os.replace(path, self.sent / path.name)
-            _fsync_dir(self.sent)
+            delivered = self.root / path.name
+            where = str(delivered)
+            if sender is not None:
+                where = sender.send(
+                    cast(EmailMessage, BytesParser(policy=policy.default).parse(fh))
+                )
+            with self._lock():
+                os.replace(path, delivered)
+            _fsync_dir(self.root)
             return where
-
-    def read(self, key: str) -> EmailMessage | None:
-        """The spooled message for ``key``, pending or sent (for tests and operators)."""
-        name = f"{_safe_id(key)}.eml"
-        for folder in (self.pending, self.sent):
-            path = folder / name
-            if path.exists():
-                with open(path, "rb") as fh:
-                    return cast(EmailMessage, BytesParser(policy=policy.default).parse(fh))
-        return None
 
 
 def _fsync_dir(folder: Path) -> None:
     """Make a rename durable across power loss (best effort; not possible everywhere)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,52 +1,40 @@
 """The column lane: a chunk of API records turned into COPY lines a column at a time.
 
-The per-record lane (`payload._lines_of`) spends about 3 µs of Python bytecode on each record,
-and on a 1,000,000-record day that made the parser, not PostgreSQL, the bottleneck of the load.
-Here msgspec decodes the chunk straight into typed, slotted structs: a record whose JSON types
-are not exactly the API's (strings, ``is_correct`` in true/false/null/0/1, no extra or missing
-keys) fails the whole decode, and the chunk goes back to orjson and the per-record lane. Every
-other check runs over a whole column with C-level operations: ``bytes.translate`` or one regex
-over the joined column, ``set``, ``min`` and ``max``, and msgspec again for the passbacks, whose
-Python quotes become JSON's.
+Record by record, Python bytecode would make the parser, not PostgreSQL, the bottleneck of a
+1,000,000-record day. Here msgspec decodes the chunk straight into `records.ApiRecord` structs,
+type-checked in C; the value rules of `records` then run over whole columns with C-level
+operations (``bytes.translate`` or one regex over the joined column, ``set``, ``min``, ``max``,
+and msgspec again for the passbacks, whose Python quotes become JSON's).
 
-A record that fails a value check is not judged here. Its index goes back to the per-record
-lane, which accepts it or rejects it with its precise reason. So this lane only ever writes the
-line that the per-record lane would have written; ``test_fast_path_equivalence`` holds the two to
-that with generated records.
+A record that fails a check is not judged here: its index goes back to `records.to_row`, which
+accepts it or names the bad field. So this lane only ever writes the line `to_row` would have
+written; ``test_fast_path_equivalence`` holds the two to that with generated records.
 """
 
 from __future__ import annotations
 
 import operator
 import re
-from collections.abc import Callable
+from functools import lru_cache
 from itertools import compress, repeat
-from typing import Annotated, Literal
 
 import msgspec
 import orjson
 
-from itresume_pipeline.parsing import (
-    _FLAG,
-    _HEX32,
-    _NULL,
-    _PASSBACK_KEYS,
+from itresume_pipeline.records import (
     CANONICAL_TIMESTAMP,
-    MAX_FIELD_CHARS,
-    _parse_simple,
+    COPY_FLAG,
+    COPY_NULL,
+    HEX_DIGITS,
+    PASSBACK_KEYS,
+    ApiRecord,
+    RejectedRecord,
+    is_user_id,
+    read_timestamp,
+    scan_passback,
 )
 
-__all__ = ["ApiRecord", "RecordChunk", "column_lines", "decode_records"]
-
-
-class ApiRecord(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    """One record with exactly the API's five keys and JSON types (any order)."""
-
-    lti_user_id: str
-    passback_params: Annotated[str, msgspec.Meta(max_length=MAX_FIELD_CHARS)]
-    is_correct: bool | Literal[0, 1] | None
-    attempt_type: str
-    created_at: str
+__all__ = ["RecordChunk", "column_lines", "decode_records", "raw_elements"]
 
 
 class _Passback(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -55,9 +43,9 @@ class _Passback(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     No value can be the text ``\\N`` itself: passbacks with a backslash never get here.
     """
 
-    oauth_consumer_key: str = _NULL
-    lis_result_sourcedid: str = _NULL
-    lis_outcome_service_url: str = _NULL
+    oauth_consumer_key: str = COPY_NULL
+    lis_result_sourcedid: str = COPY_NULL
+    lis_outcome_service_url: str = COPY_NULL
 
 
 class RecordChunk(list):
@@ -82,9 +70,7 @@ _PASSBACK = msgspec.json.Decoder(_Passback)
 # msgspec signals a bad document with DecodeError (ValidationError is one), one nested deeper
 # than it recurses with RecursionError, and invalid UTF-8 or a lone surrogate with UnicodeError.
 DECODE_ERRORS = (msgspec.DecodeError, RecursionError, UnicodeError)
-# Above this share of odd records, a chunk is cheaper to hand whole to the per-record lane.
-MAX_ODD_SHARE = 0.05
-_PLACEHOLDER = ApiRecord("0" * 32, "{}", None, "run", "")
+_PLACEHOLDER = ApiRecord("0" * 32, "run", None, "", "{}")
 
 
 def decode_records(data: bytes) -> RecordChunk:
@@ -93,22 +79,18 @@ def decode_records(data: bytes) -> RecordChunk:
     Every value is decoded and type-checked, none is skipped, so whatever msgspec accepts here
     orjson accepts with the same values: the two lanes start from the same records. When the
     whole chunk does not decode, it is decoded element by element, and the few records that
-    do not (a wrong type, an extra key) are kept as orjson reads them.
+    do not (a wrong type, a missing field) are kept as orjson reads them, for `to_row`.
     """
     try:
         return RecordChunk(_RECORDS.decode(data), data, {})
     except DECODE_ERRORS:
         pass
-    elements = _RAW_ELEMENTS.decode(data)
-    most = max(1, int(len(elements) * MAX_ODD_SHARE))
     records: list[ApiRecord] = []
     odd: dict[int, object] = {}
-    for i, element in enumerate(elements):
+    for i, element in enumerate(_RAW_ELEMENTS.decode(data)):
         try:
             records.append(_ONE_RECORD.decode(element))
         except DECODE_ERRORS:
-            if len(odd) == most:
-                raise
             odd[i] = orjson.loads(bytes(element))  # undecodable: the caller's orjson path
             records.append(_PLACEHOLDER)
     return RecordChunk(records, data, odd)
@@ -120,9 +102,8 @@ def raw_elements(data: bytes) -> list[msgspec.Raw]:
 
 
 # --------------------------------------------------------------------------- the lane
-_HEX_DIGITS = b"0123456789abcdef"
+_HEX_DIGITS = HEX_DIGITS.encode()
 _TIMESTAMPS = re.compile(rf"(?:{CANONICAL_TIMESTAMP}\n)*").fullmatch
-_KINDS = frozenset({"run", "submit"})
 _DATE = operator.itemgetter(slice(0, 10))
 # What can make a passback's JSON reading differ from its Python reading: a double quote (repr
 # wrote "O'Reilly") and a backslash (an escape). Line breaks, tabs and NUL need no test: JSON
@@ -144,22 +125,20 @@ def column_lines(
     records: list[ApiRecord],
     start_text: str,
     end_text: str,
-    real_date: Callable[[str], bool],
 ) -> tuple[list[str | None], list[int]]:
     """COPY lines for `records` (None where undecided) and the indices left undecided.
 
-    `start_text` and `end_text` are the window in canonical timestamp text; `real_date` says
-    whether a ``YYYY-MM-DD`` is a real date. The undecided records are the ones some value
-    check failed for: the caller hands them to the per-record lane.
+    `start_text` and `end_text` are the window in canonical timestamp text. The undecided
+    records are the ones some check failed for: the caller hands them to `to_row`.
     """
-    user_ids, passbacks, flags, kinds, created = (list(map(get, records)) for get in _COLUMNS)
+    user_ids, kinds, flags, created, passbacks = (list(map(get, records)) for get in _COLUMNS)
     odd = getattr(records, "odd", ())
     for i in odd:  # placeholders: inside the window, so the column checks still hold
         created[i] = start_text
     undecided = set(odd)
-    undecided.update(_bad_user_ids(user_ids))
-    undecided.update(_bad_kinds(kinds))
-    undecided.update(_bad_timestamps(created, start_text, end_text, real_date))
+    user_ids, bad_user_ids = _user_ids(user_ids)
+    undecided.update(bad_user_ids)
+    undecided.update(_bad_timestamps(created, start_text, end_text))
     quoted, escaped = _not_plain(passbacks)
     undecided.update(escaped)
     scanned = _scan_quoted(passbacks, quoted, undecided)
@@ -177,7 +156,7 @@ def column_lines(
                 keys,
                 sourcedids,
                 urls,
-                map(_FLAG.__getitem__, flags),
+                map(COPY_FLAG.__getitem__, flags),
                 kinds,
                 map(operator.add, created, repeat("\n")),
                 strict=True,
@@ -190,23 +169,23 @@ def column_lines(
     return lines, order
 
 
-def _bad_user_ids(values: list[str]) -> list[int]:
-    odd, regular = _split_by_length(values, 32)
-    joined = "".join(regular)
-    if joined.isascii() and not joined.encode().translate(None, _HEX_DIGITS):
-        return odd  # every character of the others is a lowercase hex digit
-    return [i for i, value in enumerate(values) if _HEX32(value) is None]
+def _user_ids(values: list[str]) -> tuple[list[str], list[int]]:
+    """The ids lower-cased, and the indices of those that are not hex (the struct checked the
+    length). The usual column is already lower-case hex: one ``translate`` proves it."""
+    if _only_hex(values):
+        return values, []
+    lowered = list(map(str.lower, values))
+    if _only_hex(lowered):
+        return lowered, []
+    return lowered, [i for i, value in enumerate(lowered) if not is_user_id(value)]
 
 
-def _bad_kinds(values: list[str]) -> list[int]:
-    if set(values) <= _KINDS:
-        return []
-    return [i for i, value in enumerate(values) if value not in _KINDS]
+def _only_hex(values: list[str]) -> bool:
+    joined = "".join(values)
+    return joined.isascii() and not joined.encode().translate(None, _HEX_DIGITS)
 
 
-def _bad_timestamps(
-    values: list[str], start_text: str, end_text: str, real_date: Callable[[str], bool]
-) -> list[int]:
+def _bad_timestamps(values: list[str], start_text: str, end_text: str) -> list[int]:
     """Canonical ``YYYY-MM-DD HH:MM:SS.ffffff`` of a real date inside the window.
 
     In that form text order is time order, so ``min`` and ``max`` check the window. Other
@@ -217,7 +196,7 @@ def _bad_timestamps(
         _TIMESTAMPS("\n".join(regular) + "\n")
         and min(regular) >= start_text
         and max(regular) < end_text
-        and all(map(real_date, set(map(_DATE, regular))))
+        and all(map(_real_date, set(map(_DATE, regular))))
     ):
         return odd
     return [
@@ -227,9 +206,20 @@ def _bad_timestamps(
             len(value) == 26
             and _TIMESTAMPS(value + "\n")
             and start_text <= value < end_text
-            and real_date(value[:10])
+            and _real_date(value[:10])
         )
     ]
+
+
+@lru_cache(maxsize=64)
+def _real_date(day: str) -> bool:
+    """Is ``YYYY-MM-DD`` (its digits checked) a real date, by `read_timestamp`'s rule? A chunk
+    has one or two dates, so each is judged once."""
+    try:
+        read_timestamp(f"{day} 00:00:00")
+    except RejectedRecord:
+        return False
+    return True
 
 
 def _split_by_length(values: list[str], length: int) -> tuple[list[int], list[str]]:
@@ -267,15 +257,15 @@ def _scan_quoted(
     for i in quoted:
         if i in undecided:
             continue
-        params = _parse_simple(passbacks[i])
+        params = scan_passback(passbacks[i])
         if params is None or "\t" in passbacks[i]:
             undecided.add(i)
             continue
-        key, sourcedid, url = map(params.get, _PASSBACK_KEYS)
+        key, sourcedid, url = map(params.get, PASSBACK_KEYS)
         scanned[i] = (
-            _NULL if key is None else key,
-            _NULL if sourcedid is None else sourcedid,
-            _NULL if url is None else url,
+            COPY_NULL if key is None else key,
+            COPY_NULL if sourcedid is None else sourcedid,
+            COPY_NULL if url is None else url,
         )
     return scanned
 

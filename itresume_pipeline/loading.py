@@ -28,7 +28,7 @@ from psycopg.copy import QueuedLibpqWriter
 
 from itresume_pipeline.landing import open_payload
 from itresume_pipeline.partitions import day_bounds
-from itresume_pipeline.payload import DEFAULT_CHUNK_SIZE, process_day
+from itresume_pipeline.payload import DEFAULT_CHUNK_SIZE, Counts, process_day
 from itresume_pipeline.resources.postgres import PostgresResource
 from itresume_pipeline.streams import ChunkStream
 
@@ -43,19 +43,26 @@ ATTEMPT_COLUMNS = (
 )
 
 
-@dataclass
-class DayLoad:
-    """Counts for one day's load; `received` = loaded + rejected + duplicates + out_of_window."""
+@dataclass(kw_only=True)
+class DayLoad(Counts):
+    """One day's load (or, from `total`, a run's): its counts and what the server says."""
 
     day: date
-    received: int = 0
-    loaded: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    out_of_window: int = 0
     reject_reasons: dict[str, int] = field(default_factory=dict)
     copied: int = 0  # rows the server says COPY wrote: what the asset checks look for
     replaced: int = 0  # rows the day had before this load
+
+    @classmethod
+    def total(cls, loads: list[DayLoad]) -> DayLoad:
+        """The run's totals, under the first day."""
+        total = cls(day=loads[0].day)
+        for load in loads:
+            total.add(load)
+            total.copied += load.copied
+            total.replaced += load.replaced
+            for reason, count in load.reject_reasons.items():
+                total.reject_reasons[reason] = total.reject_reasons.get(reason, 0) + count
+        return total
 
 
 def shrinks(load: DayLoad) -> bool:
@@ -130,8 +137,8 @@ def _replace_day(
             for batch in process_day(stream, start, end):
                 if batch.copy_data:
                     copy.write(memoryview(batch.copy_data))  # sliced for libpq without copies
-                _count(load, batch)
-                for reason, raw in batch.rejected:
+                load.add(batch)
+                for reason, raw in batch.rejects:
                     spool.write(_copy_text_line(day.isoformat(), reason, raw))
                     _tally_reason(load, reason)
         load.copied = cur.rowcount
@@ -202,14 +209,6 @@ class _Prefetch(ChunkStream):
         self._stop.set()
         self._thread.join()
         super().close()
-
-
-def _count(load: DayLoad, batch) -> None:
-    load.received += batch.received
-    load.loaded += batch.loaded
-    load.rejected += batch.rejected_count
-    load.duplicates += batch.duplicates
-    load.out_of_window += batch.out_of_window
 
 
 def _tally_reason(load: DayLoad, reason: str) -> None:

@@ -1,10 +1,12 @@
 """Dated log files a person can read: `$ITRESUME_LOG_DIR/YYYY-MM-DD.txt`.
 
 The handler is wired through Dagster's own `python_logs.dagster_handler_config` (see the shipped
-`dagster.yaml`), not through a logger of ours, because that is the one hook every run goes
-through, whatever launched it (UI, schedule, sensor, `dagster asset materialize`) and whichever
-process executes it. With `managed_python_loggers: [itresume_pipeline]`, the warnings of our
-own modules (API retries, Sheets back-off) land there too.
+`dagster.yaml`), because that is the one hook every run and sensor tick goes through, whatever
+launched it (UI, schedule, `dagster asset materialize`) and whichever process executes it. With
+`managed_python_loggers: [itresume_pipeline]`, the warnings of our own modules (API retries,
+Sheets back-off) land there too. A run on an instance without that setting (a shell run with
+DAGSTER_HOME unset gets a throwaway one) is covered by the pipeline location's executor,
+`dated_file_executor`, which then feeds the run's events to the same handler.
 
 What a line looks like::
 
@@ -20,7 +22,8 @@ Design choices, each for a reason:
   dictConfig` (which closes every existing handler) whenever it builds a run's loggers.
 * Engine events arrive at DEBUG. Only the milestones an operator reads are kept (run started,
   step finished in N s, retries, check results, run finished); plain messages need INFO.
-* Every line passes through `redaction.redact` before it is written.
+* Every line passes through `redaction.redact` before it is written, and setting up the handler
+  installs `redaction`'s filter on the HTTP loggers that the instance may capture.
 * `emit` never raises: a full disk or a bad directory must not fail a data run.
 """
 
@@ -37,10 +40,18 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterEventType
+from dagster import (
+    DagsterEventType,
+    EventLogEntry,
+    Executor,
+    InitExecutorContext,
+    executor,
+    in_process_executor,
+)
 
 from itresume_pipeline import settings
-from itresume_pipeline.redaction import redact
+from itresume_pipeline.alerts import error_chain
+from itresume_pipeline.redaction import install_log_redaction, redact
 
 DEFAULT_RETENTION_DAYS = 3
 LOG_FILE_RE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})\.txt$")
@@ -103,27 +114,17 @@ def apply_retention(directory: Path, today: date, keep_days: int) -> list[Path]:
     folder (other files, sub-folders, symlinks, `notes.txt`, `2024-01-01.txt.gz`) is left alone.
     Returns what was deleted. Safe to run from several processes at once.
     """
-    if keep_days <= 0:
-        return []
-    oldest_kept = today - timedelta(days=keep_days - 1)
+    oldest_kept = today - timedelta(days=max(keep_days, 1) - 1)  # today's file always stays
     deleted: list[Path] = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return deleted
-    for entry in entries:
-        day = _day_of(entry.name)
-        if day is None or day >= oldest_kept:
-            continue
-        try:
-            if not entry.is_file(follow_symlinks=False):
+    with contextlib.suppress(OSError), os.scandir(directory) as entries:
+        for entry in entries:
+            day = _day_of(entry.name)
+            if day is None or day >= oldest_kept:
                 continue
-            os.unlink(entry.path)
-            deleted.append(Path(entry.path))
-        except FileNotFoundError:  # another process got there first
-            continue
-        except OSError:
-            continue
+            with contextlib.suppress(OSError):  # gone already (another process), or not ours
+                if entry.is_file(follow_symlinks=False):
+                    os.unlink(entry.path)
+                    deleted.append(Path(entry.path))
     return deleted
 
 
@@ -164,13 +165,8 @@ def _error_text(event: Any) -> str:
 
 
 def _error_summary(error: Any) -> str:
-    messages: list[str] = []
-    while error is not None and len(messages) < 5:
-        message = str(getattr(error, "message", "")).strip()
-        if message:
-            messages.append(message if not messages else f"caused by {message}")
-        error = getattr(error, "cause", None) or getattr(error, "context", None)
-    return "\n".join(messages)
+    messages = [text for e in error_chain(error) if (text := (e.message or "").strip())][:5]
+    return "\n".join(messages[:1] + [f"caused by {text}" for text in messages[1:]])
 
 
 def _event_level(event: Any, record_level: int) -> int:
@@ -210,6 +206,7 @@ class DatedFileHandler(logging.Handler):
         min_level: int | str = logging.INFO,
     ) -> None:
         super().__init__(level)
+        install_log_redaction()
         self.directory = Path(directory).expanduser() if directory else None
         self.retention_days = retention_days
         self.min_level = _level(min_level)
@@ -319,20 +316,55 @@ def instance_wires_dated_file(python_logs: Mapping[str, Any] | None) -> bool:
         return False
 
 
-def ensure_dated_file(context: Any) -> None:
-    """Write this step's lines to the dated file even on an instance without our dagster.yaml.
+def _as_record(entry: EventLogEntry) -> logging.LogRecord:
+    """The record an instance's handler would have been given for this event-log entry."""
+    record = logging.makeLogRecord(
+        {"name": "dagster", "levelno": entry.level, "msg": entry.user_message}
+    )
+    record.levelname, record.created = logging.getLevelName(entry.level), entry.timestamp
+    record.dagster_meta = {
+        "run_id": entry.run_id,
+        "step_key": entry.step_key,
+        "dagster_event": entry.dagster_event,
+        "orig_message": entry.user_message,
+    }
+    return record
+
+
+class _DatedFileExecutor(Executor):
+    """Dagster's in-process executor, writing the dated file when the instance does not."""
+
+    def __init__(self, inner: Executor) -> None:
+        self._inner = inner
+
+    @property
+    def retries(self) -> Any:
+        return self._inner.retries
+
+    @property
+    def step_dependency_config(self) -> Any:
+        return self._inner.step_dependency_config
+
+    def execute(self, plan_context: Any, execution_plan: Any) -> Any:
+        instance = plan_context.instance
+        if not instance_wires_dated_file(instance.get_settings("python_logs")):
+            handler = DatedFileHandler(logging.DEBUG)
+            instance.add_event_listener(
+                plan_context.run_id, lambda entry: handler.handle(_as_record(entry))
+            )
+        yield from self._inner.execute(plan_context, execution_plan)
+
+
+@executor(name="in_process", config_schema=in_process_executor.config_schema)
+def dated_file_executor(init_context: InitExecutorContext) -> Executor:
+    """One process per run, and the dated log file even on an instance without our dagster.yaml.
 
     `dagster asset materialize` with DAGSTER_HOME unset runs on a throwaway instance that never
-    read deploy/dagster.yaml. Each asset calls this first: when the instance does not wire
-    DatedFileHandler, the step's own log manager gets one, so the step's messages and its
-    milestones (step finished, failures) still reach the file. Otherwise nothing changes and no
-    line is written twice.
+    read deploy/dagster.yaml; the run's events then reach DatedFileHandler through the instance's
+    event listener. On an instance that wires the handler nothing is added, so no line is
+    written twice.
     """
-    if instance_wires_dated_file(context.instance.get_settings("python_logs")):
-        return
-    log = context.log
-    if not any(isinstance(handler, DatedFileHandler) for handler in log.handlers):
-        log.addHandler(DatedFileHandler(logging.DEBUG))
+    return _DatedFileExecutor(in_process_executor.executor_creation_fn(init_context))
 
 
 def python_logs_settings(level: str = "INFO") -> dict[str, Any]:

@@ -6,7 +6,8 @@ reads a 512 KB chunk, cuts it at the last ``}`` + ``,`` that the decoder accepts
 cut was at a top-level boundary: a prefix that ends inside a string leaves the string open,
 and one that ends inside a nested value leaves two brackets open for one ``]``. The load's
 decoder is msgspec's typed one (`columns.decode_records`, for the column lane), else orjson
-(for the per-record lane here); the landing file's count uses msgspec's undecoded elements.
+(whose values `records.to_row` judges one by one); the landing file's count uses msgspec's
+undecoded elements.
 
 When that fails for any other reason (invalid UTF-8 in one record, odd formatting, a huge
 string full of ``},``) an exact scanner finds the real boundaries and decodes record by
@@ -19,13 +20,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
-from functools import partial
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
 from typing import BinaryIO, NamedTuple
 
-import msgspec
 import orjson
 from xxhash import xxh3_128_intdigest
 
@@ -36,24 +36,11 @@ from itresume_pipeline.columns import (
     decode_records,
     raw_elements,
 )
-from itresume_pipeline.parsing import (
-    _FLAG,
-    _HEX32,
-    _KNOWN_SHAPE,
-    _MISSING,
-    _NULL,
-    CANONICAL_TIMESTAMP,
-    DIGEST_SEED,
-    MAX_FIELD_CHARS,
-    RejectedRecord,
-    _has_surrogate,
-    claimed_moment,
-    to_row,
-)
+from itresume_pipeline.records import RejectedRecord, claimed_moment, to_row
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
-    "DayStats",
+    "Counts",
     "PayloadError",
     "ProcessedBatch",
     "UndecodableRecord",
@@ -104,7 +91,7 @@ def iter_records(stream: BinaryIO, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iter
 
 
 def _decode_for_load(data: bytes) -> list[object]:
-    """Structs for the column lane when (nearly) every record is plain, else orjson's dicts."""
+    """Structs for the column lane, else (bytes msgspec cannot read) orjson's values."""
     try:
         return decode_records(data)
     except (*DECODE_ERRORS, orjson.JSONDecodeError):
@@ -364,29 +351,10 @@ def _string_end(buf: bytearray, start: int) -> int:
 
 
 # --------------------------------------------------------------------------- a day
-@dataclass(slots=True)
-class ProcessedBatch:
-    """One batch: COPY text (UTF-8) for ``COPY ... FROM STDIN``, and ``attempts_rejected`` rows.
-
-    `rejected` holds (reason, raw record text) pairs; each record received is counted once,
-    so received == loaded + rejected_count + duplicates + out_of_window.
-    """
-
-    copy_data: bytes
-    rejected: list[tuple[str, str]]
-    received: int
-    loaded: int
-    rejected_count: int
-    duplicates: int
-    out_of_window: int
-
-
 @dataclass
-class DayStats:
-    """Counts for a whole day, accumulated batch by batch by whoever consumes `process_day`.
-
-    As for each batch: received == loaded + rejected + duplicates + out_of_window.
-    """
+class Counts:
+    """Where each record received went: received == loaded + rejected + duplicates +
+    out_of_window, for a batch, a day and a run alike."""
 
     received: int = 0
     loaded: int = 0
@@ -394,22 +362,22 @@ class DayStats:
     duplicates: int = 0
     out_of_window: int = 0
 
-    def add(self, batch: ProcessedBatch) -> None:
-        self.received += batch.received
-        self.loaded += batch.loaded
-        self.rejected += batch.rejected_count
-        self.duplicates += batch.duplicates
-        self.out_of_window += batch.out_of_window
+    def add(self, other: Counts) -> None:
+        """Add `other`'s counts (a batch's to a day's, a day's to a run's)."""
+        for name in _COUNT_NAMES:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
 
-    @classmethod
-    def of(cls, batches: Iterable[ProcessedBatch]) -> DayStats:
-        stats = cls()
-        for batch in batches:
-            stats.add(batch)
-        return stats
+_COUNT_NAMES = tuple(f.name for f in fields(Counts))
+
+
+@dataclass(kw_only=True)
+class ProcessedBatch(Counts):
+    """One batch: COPY text (UTF-8) for ``COPY ... FROM STDIN``, and (reason, raw record text)
+    pairs for ``attempts_rejected``."""
+
+    copy_data: bytes
+    rejects: list[tuple[str, str]]
 
 
 def process_day(
@@ -421,49 +389,28 @@ def process_day(
 ) -> Iterator[ProcessedBatch]:
     """Validate, window and dedupe a day's payload, a batch of COPY text at a time.
 
-    Each record received is counted once, as exactly one of: loaded, rejected, duplicate or
-    out of window (received == loaded + rejected + duplicates + out_of_window). A record whose
-    ``created_at`` is readable and outside ``[window_start, window_end)`` is out of window, a
-    bad one too: it is quarantined by its own day's load, not by this one. Exact duplicate rows
-    (same column values) are loaded once, and an exact repeat of a bad record is quarantined
-    once; both count as duplicates. The day's sets hold 128-bit hashes, not rows.
+    Each record received is counted once (`Counts`). A record whose ``created_at`` is readable
+    and outside ``[window_start, window_end)`` is out of window, a bad one too: it is
+    quarantined by its own day's load, not by this one. Exact duplicate rows are loaded once,
+    and an exact repeat of a bad record is quarantined once; both count as duplicates. The
+    day's sets hold 128-bit hashes, not rows.
     """
     start, end = _naive_utc(window_start), _naive_utc(window_end)
-    bounds = (start, end, _canonical(start), _canonical(end), {})
+    bounds = (start, end, _canonical(start), _canonical(end))
     seen: set[int] = set()
     seen_rejects: set[int] = set()
     for records in _Splitter(stream, chunk_size, _decode_for_load).batches():
         yield _process_batch(records, bounds, seen, seen_rejects)
 
 
-# The API's own record shape, taken without building an `Attempt`: a canonical timestamp
-# (``YYYY-MM-DD HH:MM:SS.ffffff``, the only form whose text order is its time order and which
-# `to_row` copies verbatim), a passback in the exact repr shape. Anything else goes to `to_row`;
-# the property tests hold the two to the same rows, rejects and counts.
-_CANONICAL_TS = re.compile(CANONICAL_TIMESTAMP).fullmatch
-
-
 def _canonical(moment: datetime) -> str:
     return moment.isoformat(" ", "microseconds")
-
-
-def _real_date(text: str, cache: dict[str, bool]) -> bool:
-    """Is ``YYYY-MM-DD`` (already digit-checked) a real date? A day has one or two values."""
-    known = cache.get(text)
-    if known is None:
-        try:
-            date.fromisoformat(text)
-            known = True
-        except ValueError:
-            known = False
-        cache[text] = known
-    return known
 
 
 def _process_batch(
     records: list[object], bounds: tuple, seen: set[int], seen_rejects: set[int]
 ) -> ProcessedBatch:
-    """One chunk: the column lane for msgspec's structs, the per-record lane for orjson's values."""
+    """One chunk: the column lane for msgspec's structs, `to_row` for orjson's values."""
     if type(records) is RecordChunk:
         lines, rejects, out_of_window = _chunk_lines(records, bounds)
     else:
@@ -476,10 +423,10 @@ def _process_batch(
         rejects, repeated = _dedupe_rejects(rejects, seen_rejects)
     return ProcessedBatch(
         copy_data=b"".join(encoded),
-        rejected=rejects,
+        rejects=rejects,
         received=len(records),
         loaded=len(encoded),
-        rejected_count=len(rejects),
+        rejected=len(rejects),
         duplicates=duplicates + repeated,
         out_of_window=out_of_window,
     )
@@ -487,91 +434,53 @@ def _process_batch(
 
 def _chunk_lines(chunk: RecordChunk, bounds: tuple) -> tuple[list[str], list[tuple[str, str]], int]:
     """The column lane for a chunk of structs; what it leaves undecided, record by record."""
-    _, _, start_text, end_text, dates = bounds
-    lines, undecided = column_lines(chunk, start_text, end_text, partial(_real_date, cache=dates))
-    if not undecided:
-        return lines, [], 0  # type: ignore[return-value]  # no None left
+    start, end, start_text, end_text = bounds
+    lines, undecided = column_lines(chunk, start_text, end_text)
     rejects: list[tuple[str, str]] = []
     out_of_window = 0
     raws = None
     for i in undecided:
-        record = chunk.odd[i] if i in chunk.odd else msgspec.structs.asdict(chunk[i])
-        line, rejected, outside = _lines_of([record], bounds)
-        if line:
-            lines[i] = line[0]
-        elif rejected:
-            # Quote the record as the orjson lane would: its own keys, in their own order.
+        line, reason = _judge(chunk.odd.get(i, chunk[i]), start, end)
+        if line is not None:
+            lines[i] = line
+        elif reason is None:
+            out_of_window += 1
+        else:  # quoted as the orjson lane would: the record's own keys, in their own order
             raws = raws or raw_elements(chunk.data)
-            rejects.append((rejected[0][0], _raw_text(orjson.loads(bytes(raws[i])))))
-        out_of_window += outside
-    return list(filter(None, lines)), rejects, out_of_window
+            rejects.append((reason, _raw_text(orjson.loads(bytes(raws[i])))))
+    if undecided:
+        lines = list(filter(None, lines))
+    return lines, rejects, out_of_window  # type: ignore[return-value]  # no None left
 
 
 def _lines_of(records: list[object], bounds: tuple) -> tuple[list[str], list[tuple[str, str]], int]:
-    """The per-record lane: COPY lines, (reason, raw) rejects and the out-of-window count."""
-    start, end, start_text, end_text, dates = bounds
+    """Record by record: COPY lines, (reason, raw) rejects and the out-of-window count."""
+    start, end = bounds[0], bounds[1]
     lines: list[str] = []
     rejects: list[tuple[str, str]] = []
     out_of_window = 0
-    row, hex32, canonical_ts, shape = to_row, _HEX32, _CANONICAL_TS, _KNOWN_SHAPE
-    max_chars = MAX_FIELD_CHARS
-    flags, null = _FLAG, _NULL
     for record in records:
-        # -- the fast path: the API's exact shape, every check the same as to_row's
-        if type(record) is dict:
-            get = record.get
-            user_id = get("lti_user_id")
-            attempt_type = get("attempt_type")
-            is_correct = get("is_correct", _MISSING)
-            created = get("created_at")
-            text = get("passback_params")
-            kind = type(is_correct)
-            if (
-                type(user_id) is str
-                and hex32(user_id) is not None
-                and (attempt_type == "run" or attempt_type == "submit")
-                and (kind is int or kind is bool or is_correct is None)
-                and (flag := flags.get(is_correct)) is not None
-                and type(created) is str
-                and canonical_ts(created) is not None
-                and (dates.get(created[:10]) or _real_date(created[:10], dates))
-                # parsing._known_shape, inlined: it runs a million times a day
-                and type(text) is str
-                and len(text) <= max_chars
-                and "\\" not in text
-                and "\n" not in text
-                and "\r" not in text
-                and "\t" not in text
-                and "\x00" not in text
-                and (known := shape(text)) is not None
-                and (text.isascii() or not _has_surrogate(text))
-            ):
-                if not start_text <= created < end_text:
-                    out_of_window += 1
-                    continue
-                key, sourcedid, url = known.groups()
-                lines.append(
-                    f"{user_id}\t{key}\t{sourcedid}\t{null if url is None else url}\t{flag}"
-                    f"\t{attempt_type}\t{created}\n"
-                )
-                continue
-        # -- everything else: the general path, with its precise reasons
-        if type(record) is UndecodableRecord:
-            rejects.append((record.reason, record.raw))
-            continue
-        try:
-            attempt, line = row(record)
-        except RejectedRecord as exc:
-            if _of_another_day(record, start, end):
-                out_of_window += 1
-            else:
-                rejects.append((exc.reason, _raw_text(record)))
-            continue
-        if not start <= attempt.created_at < end:
+        line, reason = _judge(record, start, end)
+        if line is not None:
+            lines.append(line)
+        elif reason is None:
             out_of_window += 1
-            continue
-        lines.append(line)
+        else:
+            raw = record.raw if type(record) is UndecodableRecord else _raw_text(record)
+            rejects.append((reason, raw))
     return lines, rejects, out_of_window
+
+
+def _judge(record: object, start: datetime, end: datetime) -> tuple[str | None, str | None]:
+    """(COPY line, None) for a row of the window, (None, reason) to quarantine, (None, None)
+    for a record of another day, good or bad."""
+    if type(record) is UndecodableRecord:
+        return None, record.reason
+    try:
+        attempt, line = to_row(record)
+    except RejectedRecord as exc:
+        return None, None if _of_another_day(record, start, end) else exc.reason
+    return (line, None) if start <= attempt.created_at < end else (None, None)
 
 
 def _of_another_day(record: object, start: datetime, end: datetime) -> bool:
@@ -584,16 +493,20 @@ def _of_another_day(record: object, start: datetime, end: datetime) -> bool:
     return moment is not None and not start <= moment < end
 
 
-_DIGEST_SEED = itertools.repeat(DIGEST_SEED)
+# Rows are deduped by a 128-bit digest of their UTF-8 COPY line: XXH3-128, as unlikely to collide
+# within a day as a cryptographic digest at a tenth of the cost, with a random seed per process,
+# so that nobody can prepare records whose digests collide.
+_DIGEST_SEED = secrets.randbits(64)
+_SEEDS = itertools.repeat(_DIGEST_SEED)
 
 
 def _dedupe(lines: list[bytes], seen: set[int]) -> tuple[list[bytes], int]:
     """Drop lines already loaded this day (or earlier in the batch); first occurrence wins.
 
-    The digests (`copy_line_digest`) are computed with a C-level `map`, and a batch without
+    The digests are computed with a C-level `map`, and a batch without
     duplicates (the usual case) is settled with two set operations instead of a Python loop.
     """
-    keys = list(map(xxh3_128_intdigest, lines, _DIGEST_SEED))
+    keys = list(map(xxh3_128_intdigest, lines, _SEEDS))
     fresh = set(keys)
     if len(fresh) == len(keys) and seen.isdisjoint(fresh):
         seen |= fresh
@@ -620,7 +533,7 @@ def _dedupe_rejects(
     """
     kept: list[tuple[str, str]] = []
     for reason, raw in rejects:
-        key = xxh3_128_intdigest(raw.encode("utf-8", "surrogatepass"), DIGEST_SEED)
+        key = xxh3_128_intdigest(raw.encode("utf-8", "surrogatepass"), _DIGEST_SEED)
         if key not in seen:
             seen.add(key)
             kept.append((reason, raw))

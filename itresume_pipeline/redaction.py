@@ -14,8 +14,9 @@ Two layers, because neither is enough alone:
   encoded on its way, therefore still loses the secret.
 
 `RedactingFilter` applies `redact` to third-party loggers that write secrets into their own
-messages (urllib3 logs request URLs, query string included, at DEBUG); importing this module
-installs it on them.
+messages (urllib3 logs request URLs, query string included, at DEBUG). Importing this module
+changes nothing; `install_log_redaction` attaches the filter, and is called when the pipeline
+code location loads and whenever the dated log handler is set up (`itresume_pipeline.logs`).
 
 `redact` never raises: if anything inside it fails, it returns a placeholder rather than the
 unredacted text, because a redaction bug must not leak a secret nor hide the original error.
@@ -286,8 +287,8 @@ class RedactingFilter(logging.Filter):
 
 
 #: Loggers known to put request URLs, query string and so the API key included, in messages:
-#: urllib3 logs every request line at DEBUG.
-URL_LOGGERS: tuple[str, ...] = ("urllib3.connectionpool",)
+#: urllib3 logs every request line at DEBUG, and its retry helper the URL of each retry.
+URL_LOGGERS: tuple[str, ...] = ("urllib3.connectionpool", "urllib3.util.retry")
 
 
 def install_log_redaction(names: Iterable[str] = URL_LOGGERS) -> None:
@@ -297,6 +298,3 @@ def install_log_redaction(names: Iterable[str] = URL_LOGGERS) -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, RedactingFilter) for f in logger.filters):
             logger.addFilter(RedactingFilter())
-
-
-install_log_redaction()  # on import: the API client, whose URLs carry the key, imports this module

@@ -1,11 +1,11 @@
 """Sensors that e-mail operators when a run fails; they live in the alerting code location.
 
-``run_failure_alert`` records and sends the alert for each failed run; since a
-``run_failure_sensor`` only runs its body on a *new* failure event, ``alert_outbox_flush`` retries,
-every 30 s, whatever the relay refused earlier, and says on every tick when alerts cannot go out
-at all (no relay configured). Both go through `itresume_pipeline.alerts.AlertSpool`, which makes
-delivery exactly-once. ``dead_run_detector`` marks failed the runs whose process died without a
-word (`itresume_pipeline.dead_runs`), so that they are alerted like any other failure.
+``run_failure_alert`` queues the alert of each failed run in the outbox and delivers it; since a
+``run_failure_sensor`` only runs its body on a *new* failure event, ``alert_outbox_flush``
+retries, every 30 s, whatever the relay refused earlier, and says on every tick when alerts
+cannot go out at all (no relay in production). `itresume_pipeline.alerts.Outbox` makes delivery
+exactly-once. ``dead_run_detector`` marks failed the runs whose process died without a word
+(`itresume_pipeline.dead_runs`), so that they are alerted like any other failure.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from dagster import (
 
 from itresume_pipeline.alerts import (
     WILL_RETRY_TAG,
-    AlertSpool,
-    FlushResult,
+    Outbox,
     build_failure_email,
     minimal_failure_email,
 )
@@ -36,7 +35,19 @@ ALERT_INTERVAL_S = 30
 DEAD_RUN_INTERVAL_S = 60
 
 
-def _summary(result: FlushResult, spool: AlertSpool) -> str:
+def _deliver(context: Any, mail: MailResource, outbox: Outbox) -> str:
+    """Flush the outbox and log what happened; a warning, alerts kept, when nothing can go out.
+
+    Once the relay is configured, the next tick sends what waited, once.
+    """
+    problem = mail.delivery_problem()
+    if problem is not None:
+        text = f"{problem}; {len(outbox.pending_keys())} alert(s) waiting in {outbox.pending}"
+        context.log.warning(text)
+        return text
+    if not outbox.pending_keys():
+        return "no pending alerts"
+    result = outbox.flush(mail if mail.has_relay else None, context.log)
     parts = [f"sent {len(result.sent)}"]
     if result.failed:
         parts.append(f"{len(result.failed)} still pending (relay failed)")
@@ -44,21 +55,9 @@ def _summary(result: FlushResult, spool: AlertSpool) -> str:
         parts.append(f"{len(result.deferred)} deferred to the next tick")
     if result.busy:
         parts.append(f"{len(result.busy)} being sent by another tick")
-    return f"alert spool {spool.root}: " + ", ".join(parts)
-
-
-def _undeliverable(context: Any, mail: MailResource, spool: AlertSpool) -> str | None:
-    """The warning of a tick that cannot deliver (no relay or no recipients), logged; else None.
-
-    The alerts are kept pending: once the relay is configured, the next tick sends them, once.
-    """
-    problem = mail.delivery_problem()
-    if problem is None:
-        return None
-    waiting = len(spool.pending_keys())
-    text = f"{problem}; {waiting} alert(s) waiting in {spool.pending}"
-    context.log.warning(text)
-    return text
+    summary = f"alert outbox {outbox.root}: " + ", ".join(parts)
+    context.log.info(summary)
+    return summary
 
 
 @run_failure_sensor(
@@ -70,9 +69,9 @@ def _undeliverable(context: Any, mail: MailResource, spool: AlertSpool) -> str |
     default_status=DefaultSensorStatus.RUNNING,
 )
 def run_failure_alert(context: RunFailureSensorContext, mail: MailResource) -> None:
-    """Spool the alert first (so the cursor moving on can never lose it), then send."""
+    """Queue the alert first (so the cursor moving on can never lose it), then deliver."""
     run = context.dagster_run
-    spool = AlertSpool()
+    outbox = Outbox()
     if str(run.tags.get(WILL_RETRY_TAG, "")).lower() == "true":
         context.log.info(f"run {run.run_id} failed but will be retried: no alert")
     else:
@@ -82,20 +81,17 @@ def run_failure_alert(context: RunFailureSensorContext, mail: MailResource) -> N
             context.log.warning(f"could not format the alert for run {run.run_id}: {exc!r}")
             msg = minimal_failure_email(run, exc)
         try:
-            queued = spool.enqueue(run.run_id, msg)
+            queued = outbox.enqueue(run.run_id, mail.address(msg))
         except OSError as exc:
-            # The spool is unwritable: send now without the exactly-once bookkeeping rather than
-            # lose the alert. If that fails too the tick errors and shows up in the UI.
-            context.log.warning(f"alert spool {spool.root} unusable ({exc}); sending directly")
+            # The outbox is unwritable: send now without the exactly-once bookkeeping rather
+            # than lose the alert. If that fails too the tick errors and shows up in the UI.
+            context.log.warning(f"alert outbox {outbox.root} unusable ({exc}); sending directly")
             context.log.info(f"alert for run {run.run_id} sent to {mail.send(msg)}")
             return
-        if queued:
-            context.log.info(f"alert for run {run.run_id} spooled in {spool.pending}")
-        else:
-            context.log.info(f"alert for run {run.run_id} already spooled: not doubled")
+        state = "queued in" if queued else "already in (not doubled)"
+        context.log.info(f"alert for run {run.run_id} {state} {outbox.root}")
     # Returning None (not a SkipReason) lets the sensor go on to the next failed run this tick.
-    if _undeliverable(context, mail, spool) is None:
-        context.log.info(_summary(spool.flush(mail, context.log), spool))
+    _deliver(context, mail, outbox)
 
 
 @sensor(
@@ -106,13 +102,7 @@ def run_failure_alert(context: RunFailureSensorContext, mail: MailResource) -> N
 )
 def alert_outbox_flush(context: SensorEvaluationContext, mail: MailResource) -> SkipReason:
     """Never requests runs: it only drains ``pending/`` and reports what it did."""
-    spool = AlertSpool()
-    problem = _undeliverable(context, mail, spool)
-    if problem is not None:
-        return SkipReason(problem)
-    if not spool.pending_keys():
-        return SkipReason("no pending alerts")
-    return SkipReason(_summary(spool.flush(mail, context.log), spool))
+    return SkipReason(_deliver(context, mail, Outbox()))
 
 
 @sensor(

@@ -91,7 +91,7 @@ def _detect(instance: DagsterInstance) -> str:
 def test_a_killed_cli_run_is_failed_and_alerted_once(
     dagster_home: Path, slow_api: ApiSimulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ITRESUME_ALERT_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("ITRESUME_OUTBOX_DIR", str(tmp_path / "outbox"))
     with (
         DagsterInstance.from_config(str(dagster_home)) as instance,
         smtp_server("none") as (sink, port),
@@ -132,7 +132,7 @@ def test_a_killed_cli_run_is_failed_and_alerted_once(
         second = failure_tick(cursor)
         assert [r.dagster_run.run_id for r in second.dagster_run_reactions or []] == [run.run_id]
         failure_tick(second.cursor)
-        failure_tick(cursor)  # a replay from the old cursor: the spool does not double it
+        failure_tick(cursor)  # a replay from the old cursor: the outbox does not double it
         assert len(sink.envelopes) == 1
     (msg,) = sink.messages()
     assert DAY in msg["Subject"] and "FAILED" in msg["Subject"]

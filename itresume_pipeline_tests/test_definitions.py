@@ -139,3 +139,24 @@ def test_the_alerting_location_imports_nothing_of_the_pipeline_assets():
         check=True,
     )
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_importing_changes_no_logger_and_the_pipeline_location_installs_the_redaction():
+    """The urllib3 filter is set up explicitly, once, where the pipeline location loads."""
+    code = (
+        "import logging, itresume_pipeline.alerting, itresume_pipeline.logs\n"
+        "pool = logging.getLogger('urllib3.connectionpool')\n"
+        "print(len(pool.filters))\n"
+        "import itresume_pipeline.definitions\n"
+        "print([type(f).__name__ for f in pool.filters])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.split() == ["0", "['RedactingFilter']"]

@@ -26,9 +26,9 @@ from itresume_pipeline.assets.reporting import sheets_report
 from itresume_pipeline.loading import replace_days
 from itresume_pipeline.local.sheets_emulator import SheetsEmulator
 from itresume_pipeline.local.simulator import ApiSimulator, generate_day
-from itresume_pipeline.parsing import validate_record
 from itresume_pipeline.partitions import day_bounds
 from itresume_pipeline.payload import count_records
+from itresume_pipeline.records import validate_record
 from itresume_pipeline.resources.postgres import PostgresResource
 from itresume_pipeline.resources.sheets import SheetsResource
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY, make_api

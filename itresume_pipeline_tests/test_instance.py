@@ -160,16 +160,32 @@ def always_fails() -> None:
     raise RuntimeError("the API is down")
 
 
-def test_runs_tagged_with_max_retries_will_be_retried(shipped_home: Path):
-    """`run_retries` is on in the shipped instance: Dagster marks a failed run that carries
-    `dagster/max_retries` (as scheduled runs do) for re-execution, and the failure sensor stays
-    quiet for it; a run without the tag is final."""
+def test_scheduled_runs_are_retried_only_when_no_step_failed(shipped_home: Path):
+    """`run_retries` is on in the shipped instance for runs that carry `dagster/max_retries` (as
+    scheduled runs do), but only for runs that failed without a failed step, such as a run whose
+    process died: a step failure was already retried by the one layer that owns it. The failure
+    sensor stays quiet for a run Dagster will retry; the others are final."""
     with DagsterInstance.from_config(str(shipped_home)) as instance:
-        tagged = dg.materialize(
+        step_failed = dg.materialize(
             [always_fails], instance=instance, tags={MAX_RETRIES_TAG: "2"}, raise_on_error=False
         )
-        untagged = dg.materialize([always_fails], instance=instance, raise_on_error=False)
-        assert instance.get_run_by_id(tagged.run_id).tags[WILL_RETRY_TAG] == "true"
+        assert instance.get_run_by_id(step_failed.run_id).tags[WILL_RETRY_TAG] == "false"
+        died = instance.add_run(
+            dg.DagsterRun(
+                job_name="itresume_daily",
+                run_id=str(uuid.uuid4()),
+                status=DagsterRunStatus.STARTED,
+                tags={MAX_RETRIES_TAG: "2"},
+            )
+        )
+        instance.report_run_failed(died, "the run's process is gone")
+        assert instance.get_run_by_id(died.run_id).tags[WILL_RETRY_TAG] == "true"
+        untagged = instance.add_run(
+            dg.DagsterRun(
+                job_name="itresume_daily", run_id=str(uuid.uuid4()), status=DagsterRunStatus.STARTED
+            )
+        )
+        instance.report_run_failed(untagged, "the run's process is gone")
         assert instance.get_run_by_id(untagged.run_id).tags[WILL_RETRY_TAG] == "false"
 
 

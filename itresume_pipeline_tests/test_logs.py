@@ -23,7 +23,7 @@ from itresume_pipeline.logs import (
     DEFAULT_RETENTION_DAYS,
     DatedFileHandler,
     apply_retention,
-    ensure_dated_file,
+    dated_file_executor,
     instance_wires_dated_file,
     python_logs_settings,
     retention_days,
@@ -334,7 +334,7 @@ def test_the_shipped_dagster_yaml_wires_this_handler():
 
 # --- runs on an instance without the shipped dagster.yaml --------------------------------------
 def test_a_shell_run_without_dagster_home_writes_the_dated_file(tmp_path: Path, simulator):
-    """`dagster asset materialize` on a throwaway instance: the job's own logger writes it."""
+    """`dagster asset materialize` on a throwaway instance: the location's executor writes it."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -353,24 +353,34 @@ def test_a_shell_run_without_dagster_home_writes_the_dated_file(tmp_path: Path, 
     assert done.returncode == 0, done.stderr[-3000:]
     (log_file,) = (tmp_path / "logs").iterdir()
     text = log_file.read_text()
-    assert "download finished: 2024-10-08" in text
-    assert 'Finished execution of step "raw_attempts"' in text
+    assert text.count("download finished: 2024-10-08") == 1
+    assert text.count('Finished execution of step "raw_attempts"') == 1
     assert TEST_CLIENT_KEY not in text
 
 
-def test_no_second_handler_when_the_instance_writes_the_file(log_dir: Path):
-    @dg.asset
-    def say(context: AssetExecutionContext) -> None:
-        ensure_dated_file(context)
-        context.log.info("exactly once")
+@dg.asset
+def say_once(context: AssetExecutionContext) -> None:
+    context.log.info("exactly once")
 
+
+def say_once_job() -> dg.JobDefinition:
+    """Through the code location's executor, as `dagster asset materialize` runs it."""
+    job = dg.define_asset_job("say_once_job", selection=[say_once])
+    defs = dg.Definitions(assets=[say_once], jobs=[job], executor=dated_file_executor)
+    return defs.resolve_job_def("say_once_job")
+
+
+def test_one_line_per_record_whether_or_not_the_instance_wires_the_file(log_dir: Path):
     overrides = {"python_logs": python_logs_settings()}
     with dg.instance_for_test(overrides=overrides) as instance:
-        assert dg.materialize([say], instance=instance).success
-    with dg.instance_for_test() as bare:  # no python_logs: the step gets its own handler
-        assert dg.materialize([say], instance=bare).success
+        assert dg.execute_job(dg.reconstructable(say_once_job), instance).success
+    with dg.instance_for_test() as bare:  # no python_logs: the executor feeds the handler
+        assert dg.execute_job(dg.reconstructable(say_once_job), bare).success
     (log_file,) = log_dir.iterdir()
-    assert log_file.read_text().count("exactly once") == 2
+    text = log_file.read_text()
+    assert text.count("exactly once") == 2
+    assert text.count('Finished execution of step "say_once"') == 2
+    assert SECRET not in text
 
 
 def test_instance_wires_dated_file_reads_python_logs():

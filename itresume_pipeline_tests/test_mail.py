@@ -28,7 +28,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from dagster import EnvVar
 
-from itresume_pipeline.alerts import AlertSpool
+from itresume_pipeline.alerts import Outbox
 from itresume_pipeline.redaction import redact
 from itresume_pipeline.resources.mail import MailDeliveryError, MailResource
 from itresume_pipeline.settings import SettingError
@@ -198,33 +198,28 @@ def test_no_recipients_is_an_error_naming_the_variable() -> None:
 # -- outbox -------------------------------------------------------------------------------------
 
 
-def test_outbox_writes_a_valid_eml_atomically(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("ITRESUME_PROFILE", "local")
-    mail = MailResource(outbox_dir=str(tmp_path / "outbox"), to_addrs="ops@example.test")
-    first = Path(mail.send(russian_message()))
-    second = Path(mail.send(russian_message()))
-    assert first != second and first.parent == second.parent == tmp_path / "outbox"
-    assert first.name.endswith("Z-sboy-zagruzki-za-2024-10-08-oshibka-api.eml")  # transliterated
-    assert sorted(p.name for p in first.parent.iterdir()) == sorted([first.name, second.name])
-    got = message_from_bytes(first.read_bytes(), policy=policy.default)
+def test_the_local_delivery_is_the_move_into_the_outbox_folder(tmp_path: Path) -> None:
+    """No relay in the local profile: the queued file itself becomes the readable .eml."""
+    outbox = Outbox(tmp_path / "outbox")
+    msg = MailResource(to_addrs="ops@example.test").address(russian_message())
+    assert outbox.enqueue("run-1", msg)
+    assert outbox.flush(None).sent == ["run-1"]
+    assert outbox.flush(None).sent == [] and not outbox.enqueue("run-1", msg)
+    assert sorted(p.name for p in (tmp_path / "outbox").glob("*.eml")) == ["run-1.eml"]
+    got = message_from_bytes(
+        (tmp_path / "outbox" / "run-1.eml").read_bytes(), policy=policy.default
+    )
     assert got["Subject"] == "Сбой загрузки за 2024-10-08: ошибка API"
-    assert got["To"] == "ops@example.test"
+    assert got["To"] == "ops@example.test" and got["From"] and got["Date"]
     assert "Ёжик в тумане" in got.get_content()
 
 
-def test_outbox_default_is_under_itresume_home(
+def test_the_outbox_default_is_under_itresume_home(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("ITRESUME_OUTBOX_DIR", raising=False)
     monkeypatch.setenv("ITRESUME_HOME", str(tmp_path))
-    monkeypatch.setenv("ITRESUME_PROFILE", "local")
-    msg = EmailMessage()
-    msg["Subject"] = "Run failed: daily job"
-    msg.set_content("x")
-    path = Path(MailResource().send(msg))
-    assert path.parent == tmp_path / "outbox"
-    assert path.name.endswith("-run-failed-daily-job.eml")
+    assert Outbox().root == tmp_path / "outbox"
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -323,19 +318,20 @@ def test_no_host_in_production_refuses_instead_of_writing_an_unread_file(
 
     mail_env.setenv("ITRESUME_PROFILE", "local")  # the local rig: the outbox is the inbox
     assert mail.delivery_problem() is None
-    assert Path(mail.send(russian_message())).parent == tmp_path / "home" / "outbox"
+    with pytest.raises(MailDeliveryError, match="no relay"):  # nothing to send with, locally
+        mail.send(russian_message())
 
 
 def test_alerts_wait_without_a_relay_and_go_out_once_when_it_is_configured(
     mail_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    spool = AlertSpool(tmp_path / "spool")
-    assert spool.enqueue("run-1", russian_message())
+    outbox = Outbox(tmp_path / "outbox")
+    assert outbox.enqueue("run-1", russian_message())
     unconfigured = MailResource.from_settings().process_config_and_initialize()
     for _ in range(2):
-        result = spool.flush(unconfigured)
+        result = outbox.flush(unconfigured)
         assert list(result.failed) == ["run-1"] and "ITRESUME_SMTP_HOST" in result.failed["run-1"]
-    assert spool.pending_keys() == ["run-1"] and spool.sent_keys() == []
+    assert outbox.pending_keys() == ["run-1"] and outbox.sent_keys() == []
 
     with smtp_server("none") as (sink, port):
         mail_env.setenv("ITRESUME_SMTP_HOST", "localhost")
@@ -343,8 +339,8 @@ def test_alerts_wait_without_a_relay_and_go_out_once_when_it_is_configured(
         mail_env.setenv("ITRESUME_SMTP_SECURITY", "none")
         mail_env.setenv("ITRESUME_ALERT_TO", "ops@example.test")
         configured = MailResource.from_settings().process_config_and_initialize()
-        assert spool.flush(configured).sent == ["run-1"]
-        assert spool.flush(configured).sent == []
+        assert outbox.flush(configured).sent == ["run-1"]
+        assert outbox.flush(configured).sent == []
     assert len(sink.envelopes) == 1
     assert sink.messages()[0]["Subject"] == russian_message()["Subject"]
 
@@ -420,14 +416,14 @@ def test_an_echoed_auth_exchange_never_reaches_errors_or_tick_logs(
     tmp_path: Path, mechanisms: str, password: str
 ) -> None:
     user = "alerts-bot-user"
-    spool = AlertSpool(tmp_path / "spool")
-    spool.enqueue("run-1", russian_message())
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.enqueue("run-1", russian_message())
     logger = _Lines()
     with echoing_relay(mechanisms) as port:
         mail = mail_for(port, "none", None, user=user, password=password)
         with pytest.raises(MailDeliveryError) as info:
             mail.send(russian_message())
-        result = spool.flush(mail, logger)
+        result = outbox.flush(mail, logger)
     error = "".join(traceback.format_exception(info.value))
     assert "535" in error and "rejected" in error and "***" in error  # the echo, masked
     seen = "\n".join([error, *result.failed.values(), *logger.lines])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 
 import orjson
@@ -12,9 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from itresume_pipeline.parsing import MAX_FIELD_CHARS, reference_rows, to_copy_line
 from itresume_pipeline.payload import (
-    DayStats,
+    Counts,
     PayloadError,
     ProcessedBatch,
     UndecodableRecord,
@@ -22,6 +22,8 @@ from itresume_pipeline.payload import (
     iter_records,
     process_day,
 )
+from itresume_pipeline.records import MAX_FIELD_CHARS, to_copy_line
+from itresume_pipeline_tests.reference import reference_rows
 from itresume_pipeline_tests.test_parsing import PASSBACK, USER, record, records
 
 START, END = datetime(2024, 10, 8), datetime(2024, 10, 9)
@@ -51,6 +53,13 @@ def decoded(payload: bytes, chunk_size: int) -> list[object]:
 
 def run_day(payload: bytes, chunk_size: int = 4 << 20) -> list[ProcessedBatch]:
     return list(process_day(io.BytesIO(payload), START, END, chunk_size=chunk_size))
+
+
+def total(batches: list[ProcessedBatch]) -> Counts:
+    counts = Counts()
+    for batch in batches:
+        counts.add(batch)
+    return counts
 
 
 def dumps(value: object, style: int) -> bytes:
@@ -201,11 +210,11 @@ def assert_matches_reference(payload: bytes, batches: list[ProcessedBatch]) -> N
     ref = reference_rows(payload, START, END)
     assert b"".join(b.copy_data for b in batches).decode() == "".join(map(to_copy_line, ref.rows))
     rejected = [
-        (reason.split(":", 1)[0], json.loads(raw)) for b in batches for reason, raw in b.rejected
+        (reason.split(":", 1)[0], json.loads(raw)) for b in batches for reason, raw in b.rejects
     ]
     assert rejected == [(reason.split(":", 1)[0], rec) for reason, rec in ref.rejected]
-    stats = DayStats.of(batches)
-    assert stats.as_dict() == {
+    stats = total(batches)
+    assert asdict(stats) == {
         "received": ref.received,
         "loaded": len(ref.rows),
         "rejected": len(ref.rejected),
@@ -213,8 +222,8 @@ def assert_matches_reference(payload: bytes, batches: list[ProcessedBatch]) -> N
         "out_of_window": ref.out_of_window,
     }
     for b in batches:
-        assert b.received == b.loaded + b.rejected_count + b.duplicates + b.out_of_window
-        assert b.loaded == b.copy_data.count(b"\n") and b.rejected_count == len(b.rejected)
+        assert b.received == b.loaded + b.rejected + b.duplicates + b.out_of_window
+        assert b.loaded == b.copy_data.count(b"\n") and b.rejected == len(b.rejects)
 
 
 @SETTINGS
@@ -247,13 +256,13 @@ def test_process_day_counts_window_duplicates_and_rejects() -> None:
     payload = orjson.dumps(items)
     for chunk_size in (1, 100, 4 << 20):
         batches = run_day(payload, chunk_size)
-        stats = DayStats.of(batches)
-        assert stats == DayStats(received=12, loaded=4, rejected=2, duplicates=4, out_of_window=2)
-        assert [r[0].split(":")[0] for b in batches for r in b.rejected] == [
+        stats = total(batches)
+        assert stats == Counts(received=12, loaded=4, rejected=2, duplicates=4, out_of_window=2)
+        assert [r[0].split(":")[0] for b in batches for r in b.rejects] == [
             "lti_user_id",
             "record",
         ]
-        assert [json.loads(r[1]) for b in batches for r in b.rejected] == items[-2:]
+        assert [json.loads(r[1]) for b in batches for r in b.rejects] == items[-2:]
         assert_matches_reference(payload, batches)
 
 
@@ -276,7 +285,7 @@ def test_process_day_api_shape_with_special_characters(special: str) -> None:
     payload = orjson.dumps(items)
     batches = run_day(payload)
     assert_matches_reference(payload, batches)
-    assert DayStats.of(batches).rejected >= 1  # the over-long one at least
+    assert total(batches).rejected >= 1  # the over-long one at least
 
 
 def test_process_day_rejects_impossible_dates_even_in_canonical_form() -> None:
@@ -284,8 +293,8 @@ def test_process_day_rejects_impossible_dates_even_in_canonical_form() -> None:
     stamps = [f"{day} 00:00:00.000000" for day in days] + ["2024-10-08 24:00:00.000000"]
     payload = orjson.dumps([record(created_at=stamp) for stamp in stamps])
     batches = run_day(payload)
-    assert DayStats.of(batches) == DayStats(received=6, rejected=5, out_of_window=1)
-    assert {field_of(reason) for b in batches for reason, _ in b.rejected} == {"created_at"}
+    assert total(batches) == Counts(received=6, rejected=5, out_of_window=1)
+    assert {field_of(reason) for b in batches for reason, _ in b.rejects} == {"created_at"}
     assert_matches_reference(payload, batches)
 
 
@@ -294,7 +303,7 @@ def test_process_day_converts_an_aware_window_to_utc() -> None:
     msk = timezone(timedelta(hours=3))
     start, end = datetime(2024, 10, 8, 3, tzinfo=msk), datetime(2024, 10, 9, 3, tzinfo=msk)
     batches = list(process_day(io.BytesIO(payload), start, end))
-    assert DayStats.of(batches).loaded == 1
+    assert total(batches).loaded == 1
 
 
 def test_process_day_copy_text_is_exact() -> None:
@@ -310,9 +319,9 @@ def test_process_day_copy_text_is_exact() -> None:
 def test_process_day_quarantines_undecodable_records_with_raw_text() -> None:
     payload = b'[{"a": "\xff"}, ' + orjson.dumps(record())[:-1] + b', "x": tru}]'
     batches = run_day(payload, 8)
-    stats = DayStats.of(batches)
+    stats = total(batches)
     assert (stats.received, stats.rejected, stats.loaded) == (2, 2, 0)
-    raws = [raw for b in batches for _, raw in b.rejected]
+    raws = [raw for b in batches for _, raw in b.rejects]
     assert raws[0] == '{"a": "\\xff"}'
     assert raws[1].endswith('"x": tru}')
 
@@ -330,7 +339,7 @@ def test_an_undecodable_record_served_twice_is_quarantined_once() -> None:
     payload = b"[" + b", ".join([broken, orjson.dumps(record()), broken]) + b"]"
     for chunk_size in (8, 4 << 20):
         batches = run_day(payload, chunk_size)
-        assert DayStats.of(batches) == DayStats(received=3, loaded=1, rejected=1, duplicates=1)
-        [(reason, raw)] = [r for b in batches for r in b.rejected]
+        assert total(batches) == Counts(received=3, loaded=1, rejected=1, duplicates=1)
+        [(reason, raw)] = [r for b in batches for r in b.rejects]
         assert reason.startswith("record: undecodable JSON at byte offset 1:")
         assert raw == '{"a": "\\xff"}'

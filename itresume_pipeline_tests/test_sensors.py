@@ -1,6 +1,6 @@
 """The failure e-mail, end to end: a real failed run, the real sensors, a real SMTP server.
 
-Each test gets its own spool (ITRESUME_ALERT_SPOOL_DIR) and SMTP server; the failed runs are
+Each test gets its own outbox (ITRESUME_OUTBOX_DIR) and SMTP server; the failed runs are
 made once per module, since `materialize` is the slow part.
 """
 
@@ -20,11 +20,11 @@ import trustme
 from dagster import DagsterEventType, DagsterInstance, DagsterRun
 
 from itresume_pipeline.alerts import (
-    AlertSpool,
+    Outbox,
     build_failure_email,
     describe_error,
+    outbox_dir,
     partition_label,
-    spool_dir,
 )
 from itresume_pipeline.resources.mail import MailResource
 from itresume_pipeline.sensors import alert_outbox_flush, run_failure_alert
@@ -44,11 +44,11 @@ def flaky_download() -> None:
 
 @pytest.fixture(autouse=True)
 def _env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    spool = tmp_path / "spool"
-    monkeypatch.setenv("ITRESUME_ALERT_SPOOL_DIR", str(spool))
+    outbox = tmp_path / "outbox"
+    monkeypatch.setenv("ITRESUME_OUTBOX_DIR", str(outbox))
     monkeypatch.setenv("ITRESUME_DAGSTER_URL", DAGSTER_URL)
     monkeypatch.setenv("ITRESUME_CLIENT_KEY", SECRET)
-    return spool
+    return outbox
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +135,8 @@ def test_failure_sends_exactly_one_email(
     _assert_alert(msg, run)
     assert msg["From"] == "alerts@example.test"
     assert SECRET.encode() not in _raw(sink)
-    spool = AlertSpool()
-    assert spool.pending_keys() == [] and spool.sent_keys() == [run.run_id]
+    outbox = Outbox()
+    assert outbox.pending_keys() == [] and outbox.sent_keys() == [run.run_id]
 
 
 def test_smtp_down_keeps_the_alert_until_a_later_tick_sends_it_once(
@@ -147,10 +147,10 @@ def test_smtp_down_keeps_the_alert_until_a_later_tick_sends_it_once(
     port = free_port()
     mail = mail_for(port, "ssl", ca_path, timeout_s=2.0)  # nothing listens on `port` yet
     _call_failure_sensor(instance, run, event, mail)
-    spool = AlertSpool()
-    assert spool.pending_keys() == [run.run_id] and spool.sent_keys() == []
+    outbox = Outbox()
+    assert outbox.pending_keys() == [run.run_id] and outbox.sent_keys() == []
     assert "still pending" in (_call_flush_sensor(instance, mail) or "")  # still down
-    assert spool.pending_keys() == [run.run_id]
+    assert outbox.pending_keys() == [run.run_id]
 
     with smtp_server("ssl", ca, port=port) as (sink, _):
         assert "sent 1" in (_call_flush_sensor(instance, mail) or "")
@@ -158,7 +158,7 @@ def test_smtp_down_keeps_the_alert_until_a_later_tick_sends_it_once(
         _call_failure_sensor(instance, run, event, mail)  # a replayed failure event
     assert len(sink.envelopes) == 1
     _assert_alert(sink.messages()[0], run)
-    assert spool.pending_keys() == [] and spool.sent_keys() == [run.run_id]
+    assert outbox.pending_keys() == [] and outbox.sent_keys() == [run.run_id]
 
 
 def test_will_retry_runs_send_nothing(instance: DagsterInstance) -> None:
@@ -171,10 +171,10 @@ def test_will_retry_runs_send_nothing(instance: DagsterInstance) -> None:
     with smtp_server("none") as (sink, port):
         _call_failure_sensor(instance, run, event, mail_for(port, "none", None))
     assert sink.envelopes == []
-    assert AlertSpool().pending_keys() == [] and AlertSpool().sent_keys() == []
+    assert Outbox().pending_keys() == [] and Outbox().sent_keys() == []
 
 
-def test_outbox_mode_when_no_host(
+def test_locally_without_a_relay_the_outbox_holds_one_eml_per_failed_run(
     instance: DagsterInstance,
     failed: tuple[DagsterRun, Any],
     tmp_path: Path,
@@ -182,12 +182,15 @@ def test_outbox_mode_when_no_host(
 ) -> None:
     monkeypatch.setenv("ITRESUME_PROFILE", "local")
     run, event = failed
-    mail = MailResource(outbox_dir=str(tmp_path / "outbox"), to_addrs="ops@example.test")
+    mail = MailResource(to_addrs="ops@example.test", from_addr="alerts@example.test")
     _call_failure_sensor(instance, run, event, mail)
     _call_failure_sensor(instance, run, event, mail)
-    (eml,) = (tmp_path / "outbox").glob("*.eml")
+    assert _call_flush_sensor(instance, mail) == "no pending alerts"
+    (eml,) = (tmp_path / "outbox").glob("*.eml")  # the queue's own file: no second copy
+    assert eml.name == f"{run.run_id}.eml" and Outbox().pending_keys() == []
     msg = message_from_bytes(eml.read_bytes(), policy=policy.default)
     assert isinstance(msg, EmailMessage)
+    assert (msg["From"], msg["To"]) == ("alerts@example.test", "ops@example.test")
     _assert_alert(msg, run)
 
 
@@ -207,8 +210,8 @@ def test_without_a_relay_in_production_alerts_wait_and_every_tick_says_so(
     tick_log = capfd.readouterr().err  # what the sensor's context.log wrote
     assert "WARNING - alerts are NOT being delivered" in tick_log
     assert "ITRESUME_SMTP_HOST" in tick_log and "ITRESUME_ALERT_TO" in tick_log
-    spool = AlertSpool()
-    assert spool.pending_keys() == [run.run_id] and spool.sent_keys() == []
+    outbox = Outbox()
+    assert outbox.pending_keys() == [run.run_id] and outbox.sent_keys() == []
     assert not (tmp_path / "home" / "outbox").exists()  # no .eml that nobody reads
 
     for _ in range(2):  # every tick says it, not just the first
@@ -219,7 +222,7 @@ def test_without_a_relay_in_production_alerts_wait_and_every_tick_says_so(
             assert "NOT being delivered" in text
             assert "ITRESUME_SMTP_HOST" in text and "ITRESUME_ALERT_TO" in text
             assert "1 alert(s) waiting" in text
-    assert spool.pending_keys() == [run.run_id]
+    assert outbox.pending_keys() == [run.run_id]
 
     with smtp_server("none") as (sink, port):  # the relay is configured later
         relay = mail_for(port, "none", None)
@@ -288,12 +291,12 @@ def test_full_ticks_through_the_cursor(tls_ca: tuple[trustme.CA, Path]) -> None:
 # -- pieces -------------------------------------------------------------------------------------
 
 
-def test_spool_dir_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("ITRESUME_ALERT_SPOOL_DIR")
+def test_outbox_dir_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("ITRESUME_OUTBOX_DIR")
     monkeypatch.setenv("ITRESUME_HOME", str(tmp_path / "home"))
-    assert spool_dir() == tmp_path / "home" / "alerts"
-    monkeypatch.setenv("ITRESUME_ALERT_SPOOL_DIR", str(tmp_path / "x"))
-    assert AlertSpool().root == tmp_path / "x"
+    assert outbox_dir() == tmp_path / "home" / "outbox"
+    monkeypatch.setenv("ITRESUME_OUTBOX_DIR", str(tmp_path / "x"))
+    assert Outbox().root == tmp_path / "x"
 
 
 def test_partition_label_from_tags() -> None:
@@ -356,40 +359,40 @@ class _SlowSender:
 
 
 def test_concurrent_flushes_send_once(tmp_path: Path) -> None:
-    """The failure sensor and the flush sensor may drain the spool at the same moment."""
-    spool = AlertSpool(tmp_path / "s")
+    """The failure sensor and the flush sensor may drain the outbox at the same moment."""
+    outbox = Outbox(tmp_path / "s")
     msg = EmailMessage()
     msg["Subject"] = "x"
     msg.set_content("y")
-    assert spool.enqueue("run-1", msg) is True
-    assert spool.enqueue("run-1", msg) is False
+    assert outbox.enqueue("run-1", msg) is True
+    assert outbox.enqueue("run-1", msg) is False
     sender = _SlowSender()
-    threads = [threading.Thread(target=spool.flush, args=(sender,)) for _ in range(4)]
+    threads = [threading.Thread(target=outbox.flush, args=(sender,)) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert sender.sent == ["x"]
-    assert spool.enqueue("run-1", msg) is False  # already sent: never doubled
-    assert spool.pending_keys() == [] and spool.sent_keys() == ["run-1"]
+    assert outbox.enqueue("run-1", msg) is False  # already sent: never doubled
+    assert outbox.pending_keys() == [] and outbox.sent_keys() == ["run-1"]
     assert list((tmp_path / "s" / "tmp").iterdir()) == []
 
 
 def test_relay_down_defers_the_backlog_then_sends_it_in_order(tmp_path: Path) -> None:
     """One connection failure per tick, not one timeout per pending message."""
-    spool = AlertSpool(tmp_path / "s")
+    outbox = Outbox(tmp_path / "s")
     for n in range(3):
         msg = EmailMessage()
         msg["Subject"] = f"alert {n}"
         msg.set_content("body")
-        assert spool.enqueue(f"run-{n}", msg)
-        time.sleep(0.01)  # distinct mtimes: the spool sends oldest first
+        assert outbox.enqueue(f"run-{n}", msg)
+        time.sleep(0.01)  # distinct mtimes: the outbox sends oldest first
     port = free_port()
-    down = spool.flush(mail_for(port, "none", None, timeout_s=2.0))
+    down = outbox.flush(mail_for(port, "none", None, timeout_s=2.0))
     assert list(down.failed) == ["run-0"] and down.deferred == ["run-1", "run-2"]
     assert "connect failed" in down.failed["run-0"]
     with smtp_server("none", port=port) as (sink, _):
-        up = spool.flush(mail_for(port, "none", None))
+        up = outbox.flush(mail_for(port, "none", None))
     assert up.sent == ["run-0", "run-1", "run-2"] and not up.failed
     assert [m["Subject"] for m in sink.messages()] == ["alert 0", "alert 1", "alert 2"]
 
@@ -411,7 +414,7 @@ def test_a_formatting_bug_still_sends_a_minimal_alert(
     assert "KeyError" in msg.get_content()
 
 
-def test_an_unwritable_spool_sends_directly(
+def test_an_unwritable_outbox_sends_directly(
     instance: DagsterInstance,
     failed: tuple[DagsterRun, Any],
     tmp_path: Path,
@@ -419,7 +422,7 @@ def test_an_unwritable_spool_sends_directly(
 ) -> None:
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("")
-    monkeypatch.setenv("ITRESUME_ALERT_SPOOL_DIR", str(not_a_dir / "alerts"))
+    monkeypatch.setenv("ITRESUME_OUTBOX_DIR", str(not_a_dir / "alerts"))
     run, event = failed
     with smtp_server("none") as (sink, port):
         _call_failure_sensor(instance, run, event, mail_for(port, "none", None))

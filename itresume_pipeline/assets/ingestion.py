@@ -22,9 +22,12 @@ from dagster import (
 from pydantic import Field
 
 from itresume_pipeline import landing
-from itresume_pipeline.assets.common import DAILY_ASSET, DATABASE_RETRY_POLICY
+from itresume_pipeline.assets.common import (
+    DAILY_ASSET,
+    DATABASE_RETRY_POLICY,
+    interruption_ends_the_run,
+)
 from itresume_pipeline.loading import DayLoad, ShrinkRefused, replace_days
-from itresume_pipeline.logs import ensure_dated_file
 from itresume_pipeline.partitions import (
     day_bounds,
     days_in_window,
@@ -49,7 +52,6 @@ _TAG_TRUE, _TAG_FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
 def raw_attempts(
     context: AssetExecutionContext, itresume_api: ItResumeApiResource
 ) -> MaterializeResult:
-    ensure_dated_file(context)
     days = days_in_window(context.partition_time_window)
     _sweep(context, [landing.landing_path(day) for day in days])
     context.log.info(f"download started: {describe_days(days)}")
@@ -206,46 +208,47 @@ class LoadConfig(Config):
 def postgres_attempts(
     context: AssetExecutionContext, config: LoadConfig, warehouse: PostgresResource
 ) -> MaterializeResult:
-    ensure_dated_file(context)
-    days = days_in_window(context.partition_time_window)
-    payloads = {day: landing.landing_path(day) for day in days}
-    missing = [str(p) for p in payloads.values() if not p.exists()]
-    if missing:
-        raise Failure(
-            description=f"landing files missing, materialize raw_attempts first: {missing[:5]}",
-            allow_retries=False,
+    with interruption_ends_the_run("postgres_attempts"):
+        days = days_in_window(context.partition_time_window)
+        payloads = {day: landing.landing_path(day) for day in days}
+        missing = [str(p) for p in payloads.values() if not p.exists()]
+        if missing:
+            raise Failure(
+                description=f"landing files missing, materialize raw_attempts first: {missing[:5]}",
+                allow_retries=False,
+            )
+        allow_shrink = config.allow_shrink or _tag_allows_shrink(context)
+        _sweep(context, [landing.loaded_path(day) for day in days])
+        context.log.info(f"parse and load started: {describe_days(days)}")
+        loads, seconds = _load_and_keep(context, warehouse, payloads, allow_shrink=allow_shrink)
+        totals = DayLoad.total(loads)
+        rate = totals.loaded / seconds if seconds > 0 else 0.0
+        context.log.info(
+            f"parse and load finished: {describe_days(days)}: received {totals.received}, "
+            f"loaded {totals.loaded}, rejected {totals.rejected}, duplicates {totals.duplicates}, "
+            f"out of window {totals.out_of_window} in {seconds:.2f} s ({rate:,.0f} rows/s)"
         )
-    allow_shrink = config.allow_shrink or _tag_allows_shrink(context)
-    _sweep(context, [landing.loaded_path(day) for day in days])
-    context.log.info(f"parse and load started: {describe_days(days)}")
-    loads, seconds = _load_and_keep(context, warehouse, payloads, allow_shrink=allow_shrink)
-    totals = _sum_loads(loads)
-    rate = totals.loaded / seconds if seconds > 0 else 0.0
-    context.log.info(
-        f"parse and load finished: {describe_days(days)}: received {totals.received}, "
-        f"loaded {totals.loaded}, rejected {totals.rejected}, duplicates {totals.duplicates}, "
-        f"out of window {totals.out_of_window} in {seconds:.2f} s ({rate:,.0f} rows/s)"
-    )
-    if totals.rejected:
-        context.log.warning(
-            f"{totals.rejected} records quarantined in attempts_rejected: {totals.reject_reasons}"
+        if totals.rejected:
+            context.log.warning(
+                f"{totals.rejected} records quarantined in attempts_rejected: "
+                f"{totals.reject_reasons}"
+            )
+        checks = _attempt_checks(warehouse, days, context.run_id, totals)
+        return MaterializeResult(
+            metadata={
+                "received": MetadataValue.int(totals.received),
+                "loaded": MetadataValue.int(totals.loaded),
+                "rejected": MetadataValue.int(totals.rejected),
+                "duplicates": MetadataValue.int(totals.duplicates),
+                "out_of_window": MetadataValue.int(totals.out_of_window),
+                "replaced": MetadataValue.int(totals.replaced),
+                "duration_s": MetadataValue.float(round(seconds, 3)),
+                "rows_per_second": MetadataValue.float(round(rate, 1)),
+                "reject_reasons": MetadataValue.json(totals.reject_reasons),
+                "table": MetadataValue.text(f"{warehouse.location}.attempts"),
+            },
+            check_results=checks,
         )
-    checks = _attempt_checks(warehouse, days, context.run_id, totals)
-    return MaterializeResult(
-        metadata={
-            "received": MetadataValue.int(totals.received),
-            "loaded": MetadataValue.int(totals.loaded),
-            "rejected": MetadataValue.int(totals.rejected),
-            "duplicates": MetadataValue.int(totals.duplicates),
-            "out_of_window": MetadataValue.int(totals.out_of_window),
-            "replaced": MetadataValue.int(totals.replaced),
-            "duration_s": MetadataValue.float(round(seconds, 3)),
-            "rows_per_second": MetadataValue.float(round(rate, 1)),
-            "reject_reasons": MetadataValue.json(totals.reject_reasons),
-            "table": MetadataValue.text(f"{warehouse.location}.attempts"),
-        },
-        check_results=checks,
-    )
 
 
 def _load_and_keep(
@@ -315,21 +318,6 @@ def _tag_allows_shrink(context: AssetExecutionContext) -> bool:
         description=f"run tag {ALLOW_SHRINK_TAG}={value!r} is neither true nor false",
         allow_retries=False,
     )
-
-
-def _sum_loads(loads: list[DayLoad]) -> DayLoad:
-    total = DayLoad(day=loads[0].day)
-    for load in loads:
-        total.received += load.received
-        total.loaded += load.loaded
-        total.rejected += load.rejected
-        total.duplicates += load.duplicates
-        total.out_of_window += load.out_of_window
-        total.copied += load.copied
-        total.replaced += load.replaced
-        for reason, count in load.reject_reasons.items():
-            total.reject_reasons[reason] = total.reject_reasons.get(reason, 0) + count
-    return total
 
 
 def _attempt_checks(

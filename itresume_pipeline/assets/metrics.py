@@ -13,9 +13,12 @@ from dagster import (
     asset,
 )
 
-from itresume_pipeline.assets.common import DAILY_ASSET, DATABASE_RETRY_POLICY
+from itresume_pipeline.assets.common import (
+    DAILY_ASSET,
+    DATABASE_RETRY_POLICY,
+    interruption_ends_the_run,
+)
 from itresume_pipeline.assets.ingestion import postgres_attempts
-from itresume_pipeline.logs import ensure_dated_file
 from itresume_pipeline.partitions import (
     days_in_window,
     describe_days,
@@ -40,35 +43,35 @@ METRIC_COLUMNS = ("attempts", "successful_attempts", "unique_users")
     description="Per day: attempts, successful attempts (is_correct) and unique users.",
 )
 def daily_metrics(context: AssetExecutionContext, warehouse: PostgresResource) -> MaterializeResult:
-    ensure_dated_file(context)
-    days = days_in_window(context.partition_time_window)
-    context.log.info(f"metrics started: {describe_days(days)}")
-    began = time.perf_counter()
-    rows = upsert_daily_metrics(warehouse, days[0], days[-1])
-    seconds = time.perf_counter() - began
-    mismatches = recount_mismatches(warehouse, days[0], days[-1])
-    context.log.info(
-        f"metrics finished: {describe_days(days)}, {len(rows)} rows in {seconds:.2f} s"
-    )
-    metadata: dict[str, object] = {
-        "days": MetadataValue.int(len(rows)),
-        "duration_s": MetadataValue.float(round(seconds, 3)),
-        "preview": MetadataValue.md(metrics_markdown(rows[-31:])),
-    }
-    for column in METRIC_COLUMNS:
-        # One day: the day's value, which the UI plots across partitions. A range: the total.
-        metadata[column] = MetadataValue.int(sum(row[column] for row in rows))
-    return MaterializeResult(
-        metadata=metadata,
-        check_results=[
-            AssetCheckResult(
-                check_name="metrics_match_recount",
-                passed=not mismatches,
-                severity=AssetCheckSeverity.ERROR,
-                metadata={"mismatched_days": MetadataValue.json(mismatches[:20])},
-            )
-        ],
-    )
+    with interruption_ends_the_run("daily_metrics"):
+        days = days_in_window(context.partition_time_window)
+        context.log.info(f"metrics started: {describe_days(days)}")
+        began = time.perf_counter()
+        rows = upsert_daily_metrics(warehouse, days[0], days[-1])
+        seconds = time.perf_counter() - began
+        mismatches = recount_mismatches(warehouse, days[0], days[-1])
+        context.log.info(
+            f"metrics finished: {describe_days(days)}, {len(rows)} rows in {seconds:.2f} s"
+        )
+        metadata: dict[str, object] = {
+            "days": MetadataValue.int(len(rows)),
+            "duration_s": MetadataValue.float(round(seconds, 3)),
+            "preview": MetadataValue.md(metrics_markdown(rows[-31:])),
+        }
+        for column in METRIC_COLUMNS:
+            # One day: the day's value, which the UI plots across partitions. A range: the total.
+            metadata[column] = MetadataValue.int(sum(row[column] for row in rows))
+        return MaterializeResult(
+            metadata=metadata,
+            check_results=[
+                AssetCheckResult(
+                    check_name="metrics_match_recount",
+                    passed=not mismatches,
+                    severity=AssetCheckSeverity.ERROR,
+                    metadata={"mismatched_days": MetadataValue.json(mismatches[:20])},
+                )
+            ],
+        )
 
 
 # A big day's estimate crosses jit_above_cost, and compiling the aggregate costs about 0.4 s,

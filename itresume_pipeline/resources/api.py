@@ -2,22 +2,24 @@
 
 The API answers one JSON array per request, with no pagination, in 25–40 s for a real day. The
 client therefore streams the body to a file (flat memory), uses minute-scale read timeouts, and
-retries only what a retry can fix: 429, 5xx, timeouts, broken connections and a body that is not
-one complete array (proxies send HTML error pages transiently).
+retries only what a retry can fix, all within one budget of `max_attempts` requests:
+
+* urllib3's `Retry` on the session (`itresume_pipeline.retrying`): 429 and 5xx (`Retry-After`
+  honoured), connect errors, timeouts and broken connections before the headers;
+* this module, for what urllib3 cannot see: a 200 whose body breaks off mid-stream, or is not
+  one complete array (proxies send HTML error pages transiently).
 
 It also assumes the API, or something in front of it, may be hostile:
 
 * every message it logs or raises is masked, requests' own exception texts included (they carry
   the full URL, key and all); an error body is read bounded (`ERROR_BODY_BYTES`, at most
   `error_body_timeout_s`), masked whole, and only then cut to an excerpt;
-* each request has a total deadline, `ITRESUME_API_DEADLINE_S`, over connect, headers and the
-  whole body: a read timeout bounds only the silence between two bytes, so a body trickling in
-  a byte at a time would otherwise never end. At the deadline a watchdog shuts the request's
-  socket down, which returns a blocked read at once. A deadline hit is not retried: a server
-  that needed 15 minutes will need them again. The retry loop is therefore bounded by
-  `max_attempts` deadlines plus the capped backoffs;
+* a download has a total deadline, `ITRESUME_API_DEADLINE_S`, over every attempt and wait,
+  connect, headers and the whole body: a read timeout bounds only the silence between two
+  bytes, so a body trickling in a byte at a time would otherwise never end. At the deadline a
+  watchdog shuts the request's socket down, which returns a blocked read at once;
 * `download(cancel=...)`: setting the event stops the request the same way within a fraction
-  of a second (and cuts a backoff sleep short), raising `ApiCancelled`;
+  of a second (and cuts a backoff wait short), raising `ApiCancelled`;
 * redirects are followed only within the same scheme, host and port (the key is in the query
   string, so any other host would receive it);
 * a 200 whose body is a JSON object is the API's error message, not data: it fails at once,
@@ -29,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import queue
-import random
 import socket
 import threading
 import time
@@ -37,7 +38,6 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -47,12 +47,14 @@ import requests
 import urllib3
 from dagster import ConfigurableResource
 from isal import isal_zlib
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import MaxRetryError
 
 from itresume_pipeline.redaction import redact
+from itresume_pipeline.retrying import HttpRetry, http_retry, mount
 from itresume_pipeline.settings import DEFAULT_API_URL, SettingError, api_deadline_s, env
 from itresume_pipeline.streams import ChunkStream
 
@@ -72,20 +74,16 @@ _MESSAGE_KEYS = ("errors", "error", "message", "detail")
 
 
 class ApiError(Exception):
-    """The API could not deliver the window; the message is already redacted."""
+    """The API could not deliver the window; the message is already redacted.
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        retryable: bool,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
+    `retryable` says whether another request might succeed; an error that reaches the caller
+    has already spent the retries it deserved.
+    """
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
-        self.retry_after = retry_after
 
 
 class ApiAuthError(ApiError):
@@ -130,19 +128,26 @@ class ItResumeApiResource(ConfigurableResource):
     read_timeout_s: float = Field(
         default=300.0,
         description="Max silence between bytes; real calls take 25-40 s. The total time of a "
-        "request is bounded by ITRESUME_API_DEADLINE_S.",
+        "download is bounded by ITRESUME_API_DEADLINE_S.",
     )
     error_body_timeout_s: float = Field(
         default=10.0, gt=0, description="Max time spent reading an error body (an excerpt)."
     )
-    max_attempts: int = Field(default=5, ge=1, description="Tries per window, first one included.")
-    backoff_base_s: float = Field(default=2.0, ge=0, description="First retry delay.")
-    backoff_max_s: float = Field(default=60.0, ge=0, description="Cap on one retry delay.")
+    max_attempts: int = Field(
+        default=5, ge=1, description="Requests per window, first one included, whatever failed."
+    )
+    backoff_base_s: float = Field(
+        default=1.0,
+        ge=0,
+        description="Backoff factor: the n-th retry waits this x 2^(n-1) s plus up to this of "
+        "jitter; the first retry goes at once.",
+    )
+    backoff_max_s: float = Field(
+        default=60.0, ge=0, description="Cap on one retry wait, Retry-After included."
+    )
     max_concurrent_requests: int = Field(
         default=4, ge=1, description="Parallel day requests during a backfill."
     )
-
-    _sleep: Callable[[float], None] = PrivateAttr(default=time.sleep)
 
     # -- public -------------------------------------------------------------------------------
 
@@ -171,45 +176,31 @@ class ItResumeApiResource(ConfigurableResource):
         """
         self._require_credentials()
         url = self._url(start, end, key=self.client_key)
-        shown_url = self.redacted_url(start, end)
-        deadline_s = api_deadline_s()
         began = time.perf_counter()
-        attempt = 0
-        while True:
-            attempt += 1
-            if cancel is not None and cancel.is_set():
-                raise ApiCancelled
-            try:
-                with _Watchdog(deadline_s, cancel) as watch:
-                    size, digest, records = self._download_once(url, dest, validate_stream, watch)
-            except ApiError as error:
-                if not error.retryable:
-                    raise
-                if attempt >= self.max_attempts:
-                    raise ApiError(
-                        f"{error} (gave up after {attempt} attempts)",
-                        retryable=False,
-                        status=error.status,
-                    ) from None
-                delay = self._retry_delay(attempt, error.retry_after)
-                logger.warning(
-                    "IT Resume API attempt %d/%d failed: %s; retrying in %.1f s",
-                    attempt,
-                    self.max_attempts,
-                    error,
-                    delay,
+        with _Watchdog(api_deadline_s(), cancel) as watch, requests.Session() as session:
+            adapter = mount(session, self._retry(watch), _WatchedAdapter)
+            watch.check()  # cancelled already: not even one request
+            while True:
+                response = self._get(session, url, watch)
+                retry: HttpRetry = response.raw.retries
+                try:
+                    with response:
+                        self._raise_for_status(response, watch, retry.attempts)
+                        size, digest, records = self._land(response, dest, validate_stream, watch)
+                except ApiError as error:
+                    if not error.retryable:
+                        raise
+                    adapter.max_retries = self._retry_body(retry, error)
+                    continue
+                return Download(
+                    path=dest,
+                    bytes=size,
+                    records=records,
+                    sha256=digest,
+                    attempts=retry.attempts,
+                    seconds=time.perf_counter() - began,
+                    url=self.redacted_url(start, end),
                 )
-                self._pause(delay, cancel)
-                continue
-            return Download(
-                path=dest,
-                bytes=size,
-                records=records,
-                sha256=digest,
-                attempts=attempt,
-                seconds=time.perf_counter() - began,
-                url=shown_url,
-            )
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -264,53 +255,51 @@ class ItResumeApiResource(ConfigurableResource):
             return text
         return text[:ERROR_EXCERPT_CHARS] + "…"
 
-    def _pause(self, delay: float, cancel: threading.Event | None) -> None:
-        if cancel is None:
-            self._sleep(delay)
-        elif cancel.wait(delay):
-            raise ApiCancelled
+    def _retry(self, watch: _Watchdog) -> HttpRetry:
+        """The download's one budget; only GET is ever sent, and a 4xx other than 429 is final."""
+        return http_retry(
+            label="IT Resume API",
+            max_attempts=self.max_attempts,
+            backoff_s=self.backoff_base_s,
+            backoff_max_s=self.backoff_max_s,
+            statuses=RETRYABLE_STATUSES,
+            methods=frozenset({"GET"}),
+            pause=watch.pause,
+            mask=self._clean,
+        )
 
-    def _download_once(
-        self,
-        url: str,
-        dest: Path,
-        validate_stream: Callable[[BinaryIO], int] | None,
-        watch: _Watchdog,
-    ) -> tuple[int, str, int]:
-        with requests.Session() as session:
-            session.mount("http://", _WatchedAdapter())
-            session.mount("https://", _WatchedAdapter())
-            try:
-                response = self._get(session, url, watch)
-            except requests.RequestException as error:
-                watch.check()
-                raise ApiError(
-                    "IT Resume API request failed: "
-                    f"{type(error).__name__}: {self._clean(str(error))}",
-                    retryable=True,
-                ) from None
-            with response:
-                self._raise_for_status(response, watch)
-                try:
-                    return self._stream_validated(response, dest, validate_stream, watch)
-                except requests.RequestException as error:
-                    watch.check()
-                    raise ApiError(
-                        "IT Resume API response broke off mid-body: "
-                        f"{type(error).__name__}: {self._clean(str(error))}",
-                        retryable=True,
-                    ) from None
+    def _retry_body(self, retry: HttpRetry, error: ApiError) -> HttpRetry:
+        """A body that failed after a 200 spends the same budget and waits like urllib3 would."""
+        try:
+            retry = retry.increment("GET", urlsplit(self.endpoint).path, error=error)
+        except MaxRetryError:
+            raise ApiError(
+                f"{error} (gave up after {retry.attempts} attempts)", retryable=False
+            ) from None
+        retry.sleep()
+        return retry
 
     def _get(self, session: requests.Session, url: str, watch: _Watchdog) -> requests.Response:
         """GET `url`, following at most `MAX_REDIRECTS` redirects, all to the same origin."""
         for _ in range(MAX_REDIRECTS + 1):
-            response = session.get(
-                url,
-                timeout=(min(self.connect_timeout_s, watch.deadline_s), self.read_timeout_s),
-                stream=True,
-                allow_redirects=False,
-                headers={"Accept": "application/json", "Accept-Encoding": "gzip"},
-            )
+            try:
+                response = session.get(
+                    url,
+                    timeout=(min(self.connect_timeout_s, watch.deadline_s), self.read_timeout_s),
+                    stream=True,
+                    allow_redirects=False,
+                    headers={"Accept": "application/json", "Accept-Encoding": "gzip"},
+                )
+            except requests.RequestException as error:
+                watch.check()
+                spent = bool(error.args) and isinstance(error.args[0], MaxRetryError)
+                budget = session.get_adapter(url).max_retries.max_attempts
+                raise ApiError(
+                    "IT Resume API request failed: "
+                    f"{type(error).__name__}: {self._clean(str(error))}"
+                    + (f" (gave up after {budget} attempts)" if spent else ""),
+                    retryable=False,
+                ) from None
             if not response.is_redirect:
                 return response
             target = urljoin(url, response.headers["Location"])
@@ -323,33 +312,43 @@ class ItResumeApiResource(ConfigurableResource):
                     retryable=False,
                     status=response.status_code,
                 )
+            session.get_adapter(target).max_retries = response.raw.retries
             url = target
         raise ApiError(
             f"IT Resume API redirected more than {MAX_REDIRECTS} times; check ITRESUME_API_URL.",
             retryable=False,
         )
 
-    def _stream_validated(
+    def _land(
         self,
         response: requests.Response,
         dest: Path,
         validate_stream: Callable[[BinaryIO], int] | None,
         watch: _Watchdog,
     ) -> tuple[int, str, int]:
-        """Land the body (gzip, sha256) on a thread while `validate_stream` reads it here."""
+        """Land the body (gzip, sha256) on a thread while `validate_stream` reads it here.
+
+        A body that breaks off or fails validation is retryable; anything else is final.
+        """
         writer = _GzipWriterThread(dest)
         body = _TeeReader(response.iter_content(STREAM_CHUNK_BYTES), writer.put, watch.check)
         try:
             self._refuse_error_object(body)
-            try:
-                records = validate_stream(body) if validate_stream else -1
-            except ValueError as error:
-                watch.check()
-                raise ApiError(
-                    f"IT Resume API sent an invalid payload: {self._clean(str(error))}",
-                    retryable=True,
-                ) from None
+            records = validate_stream(body) if validate_stream else -1
             body.drain()  # a validator may stop early; the landing copy must be whole
+        except requests.RequestException as error:
+            watch.check()
+            raise ApiError(
+                "IT Resume API response broke off mid-body: "
+                f"{type(error).__name__}: {self._clean(str(error))}",
+                retryable=True,
+            ) from None
+        except ValueError as error:
+            watch.check()
+            raise ApiError(
+                f"IT Resume API sent an invalid payload: {self._clean(str(error))}",
+                retryable=True,
+            ) from None
         finally:
             size, digest = writer.close()
         return size, digest, records
@@ -370,7 +369,8 @@ class ItResumeApiResource(ConfigurableResource):
                 status=200,
             )
 
-    def _raise_for_status(self, response: requests.Response, watch: _Watchdog) -> None:
+    def _raise_for_status(self, response: requests.Response, watch: _Watchdog, tries: int) -> None:
+        """Any status but 200 is final here: urllib3 retried the retryable ones already."""
         status = response.status_code
         if status == 200:
             return
@@ -385,29 +385,21 @@ class ItResumeApiResource(ConfigurableResource):
                 retryable=False,
                 status=status,
             )
+        spent = f" (gave up after {tries} attempts)" if status in RETRYABLE_STATUSES else ""
         raise ApiError(
-            f"IT Resume API answered HTTP {status} {where}: {detail}",
-            retryable=status in RETRYABLE_STATUSES,
+            f"IT Resume API answered HTTP {status} {where}: {detail}{spent}",
+            retryable=False,
             status=status,
-            retry_after=_retry_after_seconds(response.headers.get("Retry-After")),
         )
-
-    def _retry_delay(self, attempt: int, retry_after: float | None) -> float:
-        """Exponential backoff with full jitter, but never sooner than the server asked."""
-        ceiling = min(self.backoff_max_s, self.backoff_base_s * (2 ** (attempt - 1)))
-        delay = random.uniform(ceiling / 2, ceiling) if ceiling > 0 else 0.0
-        if retry_after is not None:
-            delay = max(delay, min(retry_after, self.backoff_max_s))
-        return delay
 
 
 # -- the watchdog: a total deadline and cancellation for blocking reads -----------------------
 
-_current = threading.local()  # the watchdog of the request this thread is making
+_current = threading.local()  # the watchdog of the download this thread is making
 
 
 class _Watchdog:
-    """Bounds one request: at its deadline, or once `cancel` is set, shuts its sockets down.
+    """Bounds a download: at its deadline, or once `cancel` is set, shuts its sockets down.
 
     A blocked `recv` cannot be interrupted from another thread, but a socket shut down under
     it returns at once, and the read fails. The sockets are those the connection classes below
@@ -424,6 +416,7 @@ class _Watchdog:
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._fired = threading.Event()
         self._thread = threading.Thread(target=self._run, name="itresume-watchdog", daemon=True)
 
     def __enter__(self) -> _Watchdog:
@@ -446,6 +439,11 @@ class _Watchdog:
         """Also stop the request `seconds` from now, without that counting as an error."""
         self._cut_at = time.monotonic() + seconds
 
+    def pause(self, seconds: float) -> None:
+        """A retry's wait, cut short by cancel or the deadline, which then raise."""
+        self._fired.wait(max(0.0, min(seconds, self._deadline - time.monotonic())))
+        self.check()
+
     def check(self) -> None:
         """Raise if the request was (or is due to be) stopped by cancel or the deadline."""
         reason = self._reason or self._due()
@@ -453,8 +451,8 @@ class _Watchdog:
             raise ApiCancelled
         if reason == "deadline":
             raise ApiError(
-                f"IT Resume API request did not finish within its deadline of "
-                f"{self.deadline_s:g} s (ITRESUME_API_DEADLINE_S), connect, headers and body "
+                f"IT Resume API download did not finish within its deadline of "
+                f"{self.deadline_s:g} s (ITRESUME_API_DEADLINE_S), every attempt, wait and body "
                 "included; not retried",
                 retryable=False,
             )
@@ -476,6 +474,7 @@ class _Watchdog:
                 with self._lock:
                     self._reason = reason
                     sockets = list(self._sockets)
+                self._fired.set()
                 for sock in sockets:
                     _shut(sock)
                 return
@@ -661,18 +660,3 @@ def _host(url: str) -> str:
     """Where a URL points, as may be shown: host and port, never path, query or user info."""
     scheme, host, port = _origin(url)
     return f"{scheme}://{host}:{port}" if port not in (None, -1) else f"{scheme}://{host}"
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, moment.timestamp() - time.time())

@@ -1,8 +1,9 @@
-"""Outgoing mail: an SMTP relay (ssl, starttls or plain) or, locally, ``.eml`` files on disk.
+"""Outgoing mail through an SMTP relay (ssl, starttls or plain).
 
-Without ``ITRESUME_SMTP_HOST`` only the local profile (``ITRESUME_PROFILE=local``) writes
-``.eml`` files: in production nobody reads them, so `MailResource.send` refuses instead, the
-alert stays in the spool, and the sensors say on every tick that alerts are not being delivered.
+Without ``ITRESUME_SMTP_HOST`` there is nothing to send with. The local profile
+(``ITRESUME_PROFILE=local``) is content with the ``.eml`` files of the outbox
+(`itresume_pipeline.alerts.Outbox`); in production nobody reads those, so alerts stay pending and
+the sensors say on every tick that alerts are not being delivered (`delivery_problem`).
 
 Why not ``dagster.make_email_on_run_failure_sensor``: it always logs in, has no plain mode, takes
 the password as a plain string at import time and sends a raw ``str`` through ``sendmail``, which
@@ -15,11 +16,8 @@ from __future__ import annotations
 import base64
 import logging
 import os
-import re
 import smtplib
 import ssl
-import tempfile
-from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid
 from pathlib import Path
@@ -160,28 +158,10 @@ def _login(smtp: smtplib.SMTP, user: str, password: str) -> None:
         raise smtplib.SMTPAuthenticationError(code, resp)
 
 
-# Transliteration for file names (a Russian subject still gives a readable slug).
-# fmt: off
-_CYRILLIC = {
-    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z",
-    "и": "i", "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r",
-    "с": "s", "т": "t", "у": "u", "ф": "f", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh",
-    "щ": "shch", "ъ": "", "ы": "y", "ь": "", "э": "e", "ю": "yu", "я": "ya",
-}
-# fmt: on
-
-
-def _slug(text: str, limit: int = 60) -> str:
-    """A filename-safe ASCII slug (Cyrillic transliterated); 'message' if nothing is left."""
-    text = "".join(_CYRILLIC.get(ch, ch) for ch in text.lower())
-    slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:limit].strip("-")
-    return slug or "message"
-
-
 class MailResource(ConfigurableResource):
-    """Where operator mail goes; with ``host`` empty, ``outbox_dir`` in the local profile only."""
+    """The relay operator mail goes through; ``host`` empty means none (see the module doc)."""
 
-    host: str = Field(default="", description="SMTP relay; empty = .eml files (local profile)")
+    host: str = Field(default="", description="SMTP relay; empty = none, alerts stay queued")
     port: int = Field(default=0, description="0 = 465 for ssl, 587 for starttls, 25 for none")
     security: str = Field(default="starttls", description="starttls | ssl | none")
     user: str = Field(default="", description="SMTP login; empty = no AUTH")
@@ -190,7 +170,6 @@ class MailResource(ConfigurableResource):
     timeout_s: float = Field(default=30.0, description="socket timeout for every SMTP step")
     from_addr: str = Field(default=DEFAULT_FROM, description="From: address")
     to_addrs: str = Field(default="", description="comma-separated recipients")
-    outbox_dir: str = Field(default="", description="empty = $ITRESUME_HOME/outbox at send time")
 
     @field_validator("security", mode="before")
     @classmethod
@@ -208,7 +187,7 @@ class MailResource(ConfigurableResource):
         port of 0, a recipient without ``@``) stops the load with a `settings.SettingError`
         naming the variable, which ``dagster definitions validate`` and the UI show, instead of
         failing every sensor tick while runs carry on unwatched. A missing host or recipient is
-        not an error here: alerts then wait in the spool and every tick says so.
+        not an error here: alerts then wait in the outbox and every tick says so.
         """
         kwargs: dict[str, Any] = {
             "host": settings.env(HOST_VAR),
@@ -237,15 +216,17 @@ class MailResource(ConfigurableResource):
     def recipients(self) -> list[str]:
         return [addr for _, addr in getaddresses([self.to_addrs]) if addr]
 
+    @property
+    def has_relay(self) -> bool:
+        return bool(self.host.strip())
+
     def delivery_problem(self) -> str | None:
         """Why alerts cannot go out right now, naming the variables to set; None if they can.
 
-        Read at send time, because the local profile (and only it) may use the outbox.
+        Read at send time, because the local profile (and only it) may do without a relay.
         """
         host = self.host.strip()
-        if not host and settings.is_local():
-            return None
-        if host and self.recipients:
+        if (not host and settings.is_local()) or (host and self.recipients):
             return None
         missing = " and ".join(
             var for var, value in ((HOST_VAR, host), (TO_VAR, self.recipients)) if not value
@@ -253,86 +234,28 @@ class MailResource(ConfigurableResource):
         return (
             f"alerts are NOT being delivered: {missing} not set. Set {HOST_VAR} and {TO_VAR} "
             f"(and the other ITRESUME_SMTP_* settings); outside {settings.PROFILE_VAR}="
-            f"{settings.LOCAL_PROFILE} nothing is written to the outbox, alerts wait in the spool"
+            f"{settings.LOCAL_PROFILE} alerts wait in the outbox"
         )
-
-    def destination(self) -> str:
-        """Where `send` would deliver, for logs: ``smtp://host:port`` or the outbox folder."""
-        if self.host.strip():
-            return f"smtp://{self.host.strip()}:{self.effective_port}"
-        return str(self._outbox())
 
     # -- sending ------------------------------------------------------------------------------
 
     def send(self, msg: EmailMessage) -> str:
-        """Deliver ``msg`` and return where it went (``smtp://host:port`` or the .eml path).
+        """Send ``msg`` through the relay and return ``smtp://host:port``.
 
-        Missing From/To/Date/Message-ID headers are filled from this resource, so a message
-        built (and spooled) without knowing the relay settings still goes out complete.
+        Missing headers are filled first (`address`), so a message queued before the relay
+        settings were known still goes out complete.
         """
         problem = self.delivery_problem()
+        if problem is None and not self.has_relay:
+            problem = f"no relay to send with: {HOST_VAR} is not set"
         if problem is not None:
             raise MailDeliveryError(problem, "config")
-        self._fill_headers(msg)
-        if not self.host.strip():
-            return str(self._write_outbox(msg))
-        return self._send_smtp(msg)
-
-    def _fill_headers(self, msg: EmailMessage) -> None:
-        if msg["From"] is None:
-            msg["From"] = self.from_addr or DEFAULT_FROM
-        if msg["To"] is None and self.to_addrs.strip():
-            msg["To"] = ", ".join(self.recipients)
-        if msg["Date"] is None:
-            msg["Date"] = formatdate(localtime=False, usegmt=True)
-        if msg["Message-ID"] is None:
-            msg["Message-ID"] = make_msgid(domain="itresume-pipeline")
-
-    def _outbox(self) -> Path:
-        raw = self.outbox_dir.strip()
-        return Path(raw).expanduser().absolute() if raw else settings.outbox_dir()
-
-    def _write_outbox(self, msg: EmailMessage) -> Path:
-        """Write atomically (temp file + link/rename) so a reader never sees half a message."""
-        folder = self._outbox()
-        folder.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        base = f"{stamp}-{_slug(str(msg['Subject'] or ''))}"
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".eml")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(msg.as_bytes())
-                fh.flush()
-                os.fsync(fh.fileno())
-            for n in range(1000):
-                target = folder / (f"{base}.eml" if n == 0 else f"{base}-{n}.eml")
-                try:
-                    os.link(tmp, target)  # unlike rename, never replaces an existing file
-                except FileExistsError:
-                    continue
-                except OSError:  # a filesystem without hard links
-                    if target.exists():
-                        continue
-                    os.replace(tmp, target)
-                return target
-            raise MailDeliveryError(f"could not find a free file name for {base}.eml in {folder}")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-    def _tls_context(self) -> ssl.SSLContext:
-        """System trust store plus ``ca_file``; hostname and chain verification stay on."""
-        ctx = ssl.create_default_context()
-        if self.ca_file.strip():
-            ctx.load_verify_locations(cafile=os.path.expanduser(self.ca_file.strip()))
-        return ctx
-
-    def _send_smtp(self, msg: EmailMessage) -> str:
+        self.address(msg)
         host, port, mode = self.host.strip(), self.effective_port, self.mode
         where = f"smtp://{host}:{port}"
         recipients = self.recipients or [a for _, a in getaddresses(msg.get_all("To", [])) if a]
         if not recipients:
-            raise MailDeliveryError(f"{where}: no recipients (set ITRESUME_ALERT_TO)", "config")
+            raise MailDeliveryError(f"{where}: no recipients (set {TO_VAR})", "config")
         step = "connect"
         smtp: smtplib.SMTP | None = None
         try:
@@ -353,8 +276,7 @@ class MailResource(ConfigurableResource):
             # `from None`: the chained original could carry connection state; the class name and
             # the (redacted) server reply are what an operator needs.
             # Masked before anything else touches it: relays echo the AUTH exchange in replies.
-            secrets = _auth_tokens(self.user, self.password)
-            detail = redact(_describe(exc), secrets=secrets)
+            detail = redact(_describe(exc), secrets=_auth_tokens(self.user, self.password))
             raise MailDeliveryError(
                 f"SMTP {step} failed for {where} ({mode}): {detail}", step
             ) from None
@@ -365,6 +287,25 @@ class MailResource(ConfigurableResource):
             secrets = _auth_tokens(self.user, self.password)
             log.warning("%s refused some recipients: %s", where, redact(refused, secrets=secrets))
         return where
+
+    def address(self, msg: EmailMessage) -> EmailMessage:
+        """Fill the From/To/Date/Message-ID headers ``msg`` lacks from this resource."""
+        if msg["From"] is None:
+            msg["From"] = self.from_addr or DEFAULT_FROM
+        if msg["To"] is None and self.to_addrs.strip():
+            msg["To"] = ", ".join(self.recipients)
+        if msg["Date"] is None:
+            msg["Date"] = formatdate(localtime=False, usegmt=True)
+        if msg["Message-ID"] is None:
+            msg["Message-ID"] = make_msgid(domain="itresume-pipeline")
+        return msg
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """System trust store plus ``ca_file``; hostname and chain verification stay on."""
+        ctx = ssl.create_default_context()
+        if self.ca_file.strip():
+            ctx.load_verify_locations(cafile=os.path.expanduser(self.ca_file.strip()))
+        return ctx
 
     @staticmethod
     def _close(smtp: smtplib.SMTP) -> None:

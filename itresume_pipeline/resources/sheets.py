@@ -16,26 +16,25 @@ The sheet is edited by people, so nothing about its layout is trusted: the table
 header row is (a title row above it, the table moved right), only the table's own cells are ever
 written, and a header that cannot be found unambiguously stops the run instead of a guess.
 
-gspread is driven without monkeypatching: the client class is passed to ``gspread.Client`` as a
-constructor argument. Retries are our own and bounded, because gspread 6.2.1's
-``BackOffHTTPClient`` never gives up.
+gspread is driven without monkeypatching: ``gspread.Client`` is given the requests session and
+the client class. The session carries urllib3's ``Retry`` (``itresume_pipeline.retrying``), the
+same as the API client's: bounded, unlike gspread 6.2.1's ``BackOffHTTPClient``, which never
+gives up. The token endpoint's session retries only broken connections, since google-auth
+retries its 408, 429, 500, 503 and 504 answers itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import email.utils
 import functools
 import hashlib
 import json
 import logging
 import os
-import random
 import re
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -46,12 +45,15 @@ from urllib.parse import urlsplit
 
 import gspread
 import requests
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, Failure
 from gspread.exceptions import APIError
 from gspread.http_client import HTTPClient
 from gspread.utils import absolute_range_name
+from pydantic import Field
+from urllib3.exceptions import MaxRetryError
 
 from itresume_pipeline import settings
+from itresume_pipeline.retrying import attempts_behind, http_retry, mount
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +84,18 @@ _FOUND_CELLS = 6  # how many cells of a row an error message quotes
 # ============================================================================================
 
 
-class SheetsError(RuntimeError):
-    """A Sheets failure with a message fit for operators: never a key, a token or a secret."""
+class SheetsError(Failure):
+    """A Sheets failure with a message fit for operators: never a key, a token or a secret.
+
+    A `Failure` without step retries: the client has already retried whatever a retry could
+    fix, so a step retry would only multiply the attempts.
+    """
+
+    def __init__(self, message: str) -> None:
+        Failure.__init__(self, description=message, allow_retries=False)
 
 
-class SheetsConfigError(settings.SettingError, SheetsError, ValueError):
+class SheetsConfigError(SheetsError, settings.SettingError, ValueError):
     """The sheet is configured wrongly (a missing variable, an unreadable credentials file...).
 
     A `SettingError`, so the run fails at once: no retry fixes a deployment's settings.
@@ -106,7 +115,7 @@ class SheetsApiError(SheetsError):
 
 
 class SheetsRetryError(SheetsError):
-    """Retryable failures (429, 5xx, timeouts) persisted through every attempt."""
+    """Retryable failures (408, 429, 5xx, timeouts) persisted through every attempt."""
 
     def __init__(self, message: str, status: int | None, attempts: int) -> None:
         super().__init__(message)
@@ -116,7 +125,7 @@ class SheetsRetryError(SheetsError):
 
 @dataclass(frozen=True)
 class UpsertResult:
-    """What an upsert did, shaped for asset metadata.
+    """What an upsert did, for the asset's metadata.
 
     ``row_numbers`` are 1-based sheet rows of the upserted dates after the write (row 2 when the
     header is row 1, lower when a person moved the table down); ``values`` are those rows' cells
@@ -138,18 +147,6 @@ class UpsertResult:
     @property
     def changed(self) -> bool:
         return self.write_calls > 0
-
-    def as_metadata(self) -> dict[str, Any]:
-        """Plain JSON-able values for ``MaterializeResult(metadata=...)``."""
-        return {
-            "sheet_url": self.url,
-            "sheet_mode": self.mode,
-            "worksheet": self.worksheet,
-            "sheet_rows": dict(self.row_numbers),
-            "sheet_write_calls": self.write_calls,
-            "sheet_written_range": self.written_range or "",
-            "sheet_duplicates_collapsed": self.duplicates_collapsed,
-        }
 
 
 # ============================================================================================
@@ -584,111 +581,22 @@ def _a1_col(index: int) -> str:
 
 
 # ============================================================================================
-# Bounded retries inside gspread's HTTP client
+# gspread's HTTP client, pointed at another API root
 # ============================================================================================
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with jitter; a Retry-After header wins, capped at ``max_s``."""
+class RootedHTTPClient(HTTPClient):
+    """gspread's HTTP client with ``https://sheets.googleapis.com`` replaced by ``base_url``, so
+    the same code talks to an emulator; empty means Google."""
 
-    max_attempts: int = 5
-    base_s: float = 1.0
-    max_s: float = 30.0
-    sleep: Callable[[float], None] = field(default=time.sleep, compare=False)
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        backoff = min(self.max_s, self.base_s * 2 ** (attempt - 1))
-        jittered = backoff / 2 + random.uniform(0, backoff / 2)
-        if retry_after is not None:
-            jittered = max(jittered, retry_after)
-        return max(0.0, min(jittered, self.max_s))
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
-    if not value:
-        return None
-    with contextlib.suppress(ValueError):
-        return max(0.0, float(value))
-    with contextlib.suppress(TypeError, ValueError, IndexError):
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    return None
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    from google.auth.exceptions import TransportError
-
-    return (
-        requests.ConnectionError,
-        requests.Timeout,
-        requests.exceptions.ChunkedEncodingError,
-        TransportError,
-    )
-
-
-class RetryingHTTPClient(HTTPClient):
-    """gspread's HTTP client with bounded retries and an optional API root override.
-
-    ``base_url`` replaces ``https://sheets.googleapis.com`` so the same code talks to an emulator.
-    429, 408 and 5xx answers, connection errors and timeouts are retried; other 4xx answers are
-    raised at once (gspread needs the ``APIError`` to map a 404 to ``SpreadsheetNotFound``).
-    """
-
-    def __init__(
-        self,
-        auth: Any,
-        session: requests.Session | None = None,
-        *,
-        policy: RetryPolicy | None = None,
-        base_url: str = "",
-    ) -> None:
+    def __init__(self, auth: Any, session: requests.Session | None = None, *, base_url: str = ""):
         super().__init__(auth, session)
-        self.policy = policy or RetryPolicy()
         self.base_url = base_url.rstrip("/")
 
     def request(self, method: str, endpoint: str, *args: Any, **kwargs: Any) -> requests.Response:
-        url = self._redirect(endpoint)
-        what = f"{method.upper()} {urlsplit(url).path}"
-        for attempt in range(1, self.policy.max_attempts + 1):
-            try:
-                return super().request(method, url, *args, **kwargs)
-            except APIError as exc:
-                status = exc.response.status_code
-                if status not in RETRYABLE_STATUSES:
-                    raise
-                reason = f"{status} {exc.error.get('status', '')}".strip()
-                retry_after = parse_retry_after(exc.response.headers.get("Retry-After"))
-                last: tuple[int | None, str, BaseException] = (status, reason, exc)
-            except _transport_errors() as exc:
-                retry_after = None
-                last = (None, type(exc).__name__, exc)
-            if attempt == self.policy.max_attempts:
-                break
-            delay = self.policy.delay(attempt, retry_after)
-            log.warning(
-                "Google Sheets API: %s answered %s (attempt %d/%d); retrying in %.2f s",
-                what,
-                last[1],
-                attempt,
-                self.policy.max_attempts,
-                delay,
-            )
-            self.policy.sleep(delay)
-        status, reason, exc = last
-        verb = f"answered {reason}" if status is not None else f"failed with {reason}"
-        raise SheetsRetryError(
-            f"Google Sheets API {verb} to {what} after {self.policy.max_attempts} attempts; "
-            "giving up (quota or outage: re-run the partition later)",
-            status=status,
-            attempts=self.policy.max_attempts,
-        ) from exc
-
-    def _redirect(self, endpoint: str) -> str:
         if self.base_url and endpoint.startswith(GOOGLE_API_ROOT):
-            return self.base_url + endpoint[len(GOOGLE_API_ROOT) :]
-        return endpoint
+            endpoint = self.base_url + endpoint[len(GOOGLE_API_ROOT) :]
+        return super().request(method, endpoint, *args, **kwargs)
 
 
 # ============================================================================================
@@ -956,15 +864,9 @@ class SheetsResource(ConfigurableResource):
     (``ITRESUME_SHEETS_BACKEND``, ``ITRESUME_SHEETS_SPREADSHEET_ID``,
     ``ITRESUME_SHEETS_CREDENTIALS``, ``ITRESUME_SHEETS_WORKSHEET`` then ``daily_metrics``,
     ``SHEETS_EMULATOR_HOST``, and ``$ITRESUME_HOME/sheets`` for ``local_dir``), so
-    ``SheetsResource()`` follows the environment.
-
-    Mode: backend ``csv`` -> ``local-csv``; otherwise an emulator host -> ``emulator``; otherwise
-    ``google``, which needs a spreadsheet id and a credentials file and names whichever is
-    missing. With no backend given, the local profile means ``csv`` unless a Google Sheets
-    setting or an emulator host is given, and production means ``google``. In emulator mode an
-    empty spreadsheet id means ``"local-emulator"`` and credentials are ignored.
-    ``api_base_url`` replaces ``https://sheets.googleapis.com`` in google mode (tests point it at
-    the emulator to run the real OAuth flow; empty means real Google).
+    ``SheetsResource()`` follows the environment; the mode is chosen as the module docstring
+    says. ``api_base_url`` replaces ``https://sheets.googleapis.com`` in google mode (tests point
+    it at the emulator to run the real OAuth flow; empty means real Google).
     """
 
     backend: str = ""
@@ -974,9 +876,9 @@ class SheetsResource(ConfigurableResource):
     emulator_host: str = ""
     api_base_url: str = ""
     local_dir: str = ""
-    max_attempts: int = 5
-    backoff_base_s: float = 1.0
-    backoff_max_s: float = 30.0
+    max_attempts: int = Field(default=5, ge=1)  # per API call, token fetch included
+    backoff_base_s: float = 0.5  # the n-th retry waits this x 2^(n-1) s (+ jitter); the 1st: 0
+    backoff_max_s: float = 30.0  # cap on one wait, Retry-After included
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
 
@@ -1027,7 +929,7 @@ class SheetsResource(ConfigurableResource):
         """
         cfg = self.settings()
         sheet = self._open(cfg)
-        with _host_lock(cfg.lock_name()), self._explained_errors(cfg):
+        with _host_lock(cfg.lock_name()), _explained_errors(cfg, self.max_attempts):
             plan = plan_upsert(sheet.read(), rows, worksheet=cfg.worksheet)
             outcome = sheet.write(plan)
         _log_outcome(cfg, plan, outcome)
@@ -1048,14 +950,12 @@ class SheetsResource(ConfigurableResource):
         """Date -> row values (counters as ints) as the sheet holds them now, for asset checks."""
         cfg = self.settings()
         sheet = self._open(cfg)
-        with self._explained_errors(cfg):
+        with _explained_errors(cfg, self.max_attempts):
             return rows_from_grid(sheet.read(), worksheet=cfg.worksheet)
 
     # internals -------------------------------------------------------------------------------
     def _open(self, cfg: SheetsSettings) -> _ApiSheet | _CsvSheet:
         mode = cfg.mode
-        if self.max_attempts < 1:
-            raise SheetsConfigError("max_attempts must be at least 1")
         if mode == "local-csv":
             log.warning(
                 "Sheets: the report is a LOCAL CSV file %s, not Google Sheets (%s)",
@@ -1066,43 +966,85 @@ class SheetsResource(ConfigurableResource):
             )
             return _CsvSheet(cfg.csv_path)
         if mode == "emulator":
-            http = self._http_client(auth=None, session=requests.Session(), base=cfg.emulator_url)
+            http = self._http_client(None, self._session(), base=cfg.emulator_url)
             return _ApiSheet(http, cfg.api_spreadsheet_id, cfg.worksheet, "the emulator")
+        from google.auth.transport.requests import AuthorizedSession, Request
+
         info = load_service_account(cfg.credentials_path)
         credentials = _service_account_credentials(info, cfg.credentials_path)
-        http = self._http_client(auth=credentials, session=None, base=self.api_base_url)
+        token_session = self._session(statuses=())
+        session = AuthorizedSession(credentials, auth_request=Request(token_session))
+        http = self._http_client(credentials, self._session(session), base=self.api_base_url)
         return _ApiSheet(http, cfg.api_spreadsheet_id, cfg.worksheet, info["client_email"])
 
-    def _http_client(self, auth: Any, session: requests.Session | None, base: str) -> HTTPClient:
-        policy = RetryPolicy(self.max_attempts, self.backoff_base_s, self.backoff_max_s)
-        factory = functools.partial(RetryingHTTPClient, policy=policy, base_url=base)
+    def _session(
+        self,
+        session: requests.Session | None = None,
+        statuses: Iterable[int] = RETRYABLE_STATUSES,
+    ) -> requests.Session:
+        """`session` (a new one by default) retrying `statuses` and broken connections, for
+        every method: Sheets writes are idempotent range writes."""
+        session = session or requests.Session()
+        retry = http_retry(
+            label="Google Sheets API",
+            max_attempts=self.max_attempts,
+            backoff_s=self.backoff_base_s,
+            backoff_max_s=self.backoff_max_s,
+            statuses=frozenset(statuses),
+            methods=None,
+        )
+        mount(session, retry)
+        return session
+
+    def _http_client(self, auth: Any, session: requests.Session, base: str) -> HTTPClient:
+        factory = functools.partial(RootedHTTPClient, base_url=base)
         client = gspread.Client(auth=auth, session=session, http_client=factory)
         client.set_timeout((self.connect_timeout_s, self.read_timeout_s))
         return client.http_client
 
-    @staticmethod
-    @contextlib.contextmanager
-    def _explained_errors(cfg: SheetsSettings) -> Iterator[None]:
-        """Operator-facing errors: a refused call says what and why; a token failure names the
-        credentials file, never its content."""
-        from google.auth.exceptions import RefreshError
 
-        try:
-            yield
-        except APIError as exc:
-            status = exc.response.status_code
-            where = f"{exc.response.request.method} {urlsplit(exc.response.url).path}"
-            raise SheetsApiError(
-                f"Google Sheets API refused {where} with {status} "
-                f"{exc.error.get('status', '')}: {exc.error.get('message', '')}",
-                status=status,
-            ) from exc
-        except RefreshError as exc:
-            detail = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "refused"
-            raise SheetsError(
-                f"could not get a Google access token with the service account in "
-                f"{cfg.credentials_path} ({ENV_CREDENTIALS}): {detail}"
-            ) from None
+@contextlib.contextmanager
+def _explained_errors(cfg: SheetsSettings, max_attempts: int) -> Iterator[None]:
+    """Operator-facing errors: a refused call says what and why, one whose retries are spent
+    says how many were made, and a token failure names the credentials file, never its
+    content."""
+    from google.auth.exceptions import RefreshError, TransportError
+
+    try:
+        yield
+    except APIError as exc:
+        response = exc.response
+        status = response.status_code
+        where = f"{response.request.method} {urlsplit(response.url).path}"
+        reason = f"{status} {exc.error.get('status', '')}".strip()
+        if status in RETRYABLE_STATUSES:
+            raise _spent(f"answered {reason}", where, status, attempts_behind(response)) from exc
+        raise SheetsApiError(
+            f"Google Sheets API refused {where} with {reason}: {exc.error.get('message', '')}",
+            status=status,
+        ) from exc
+    except (requests.RequestException, TransportError) as exc:
+        cause = exc.__cause__ if isinstance(exc, TransportError) and exc.__cause__ else exc
+        request = getattr(cause, "request", None)
+        where = f"{request.method} {urlsplit(request.url).path}" if request else "a request"
+        spent = bool(cause.args) and isinstance(cause.args[0], MaxRetryError)
+        attempts = max_attempts if spent else 1
+        raise _spent(f"failed with {type(cause).__name__}", where, None, attempts) from None
+    except RefreshError as exc:
+        detail = exc.args[0] if exc.args and isinstance(exc.args[0], str) else "refused"
+        raise SheetsError(
+            f"could not get a Google access token with the service account in "
+            f"{cfg.credentials_path} ({ENV_CREDENTIALS}): {detail}"
+        ) from None
+
+
+def _spent(verb: str, where: str, status: int | None, attempts: int) -> SheetsRetryError:
+    return SheetsRetryError(
+        f"Google Sheets API {verb} to {where} after {attempts} attempts; giving up (quota or "
+        "outage: re-run the partition later)",
+        status=status,
+        attempts=attempts,
+    )
 
 
 def _log_outcome(cfg: SheetsSettings, plan: UpsertPlan, outcome: _WriteOutcome) -> None:
