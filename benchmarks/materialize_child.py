@@ -14,10 +14,12 @@ import time
 
 from dagster import DagsterEventType, DagsterInstance, materialize
 
+from itresume_pipeline import settings
 from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.assets.reporting import sheets_report
 from itresume_pipeline.jobs import range_tags
+from itresume_pipeline.landing import LandingZone
 from itresume_pipeline.resources.api import ItResumeApiResource
 from itresume_pipeline.resources.postgres import PostgresResource
 from itresume_pipeline.resources.sheets import SheetsResource
@@ -41,6 +43,7 @@ def main() -> int:
             max_concurrent_requests=spec.get("max_concurrent_requests", 4),
         ),
         "warehouse": PostgresResource(database_url=spec["db_url"], schema_name=spec["schema"]),
+        "landing": LandingZone(root=str(settings.home())),  # ITRESUME_HOME, set by the benchmark
     }
     if "sheets_report" in spec["assets"]:
         resources["sheets"] = SheetsResource()

@@ -63,17 +63,11 @@ _DAGSTER_FRAME_MARKERS = ("/site-packages/dagster/", "\\site-packages\\dagster\\
 
 # -- outbox location ----------------------------------------------------------------------------
 
-OUTBOX_VAR = "ITRESUME_OUTBOX_DIR"
-
-
-def outbox_dir() -> Path:
-    """``$ITRESUME_OUTBOX_DIR``, else ``$ITRESUME_HOME/outbox``; read at call time."""
-    explicit = settings.env(OUTBOX_VAR)
-    return Path(explicit).expanduser().absolute() if explicit else settings.outbox_dir()
+outbox_dir = settings.outbox_dir  # the rule lives in settings; this name is kept for importers
 
 
 def run_url(run_id: str, base_url: str | None = None) -> str:
-    base = base_url or settings.env("ITRESUME_DAGSTER_URL", settings.DEFAULT_DAGSTER_URL)
+    base = base_url or settings.dagster_url()
     return f"{base.rstrip('/')}/runs/{run_id}"
 
 

@@ -1,6 +1,8 @@
 """The landing zone: verbatim gzip payloads per UTC day, written atomically, kept for replay.
 
-For a day D, `$ITRESUME_HOME/raw/attempts/` holds:
+`LandingZone`, the resource that raw_attempts writes and postgres_attempts reads, says where a
+day's files are; the functions below it work on paths. For a day D, `$ITRESUME_HOME/raw/attempts/`
+holds:
 
 - `D.json.gz`: the latest complete download of D, what `raw_attempts` published last.
 - `D.loaded.json.gz`: the payload last loaded into PostgreSQL, byte for byte. It is replaced only
@@ -29,13 +31,13 @@ import shutil
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import date
 from pathlib import Path
 
+from dagster import ConfigurableResource
 from isal import igzip
-
-from itresume_pipeline import settings
+from pydantic import Field
 
 TEMP_SUFFIX = ".partial"
 PAYLOAD_SUFFIX = ".json.gz"
@@ -50,13 +52,43 @@ class LandingError(OSError):
     """A file system error of the landing zone; the message names the path and the day."""
 
 
-def landing_path(day: date, root: Path | None = None) -> Path:
-    return (root or settings.landing_dir()) / f"{day.isoformat()}{PAYLOAD_SUFFIX}"
+class LandingZone(ConfigurableResource):
+    """Where each day's payload and loaded copy are: one resource for both ingestion assets, so
+    the writer and the reader cannot disagree about a path."""
 
+    root: str = Field(description="$ITRESUME_HOME; the files are in raw/attempts/ under it.")
 
-def loaded_path(day: date, root: Path | None = None) -> Path:
-    """The payload last loaded into PostgreSQL for `day`."""
-    return (root or settings.landing_dir()) / f"{day.isoformat()}{LOADED_SUFFIX}"
+    @property
+    def directory(self) -> Path:
+        return Path(self.root).expanduser().absolute() / "raw" / "attempts"
+
+    def payload_path(self, day: date) -> Path:
+        """The latest complete download of `day`."""
+        return self.directory / f"{day.isoformat()}{PAYLOAD_SUFFIX}"
+
+    def loaded_path(self, day: date) -> Path:
+        """The payload last loaded into PostgreSQL for `day`."""
+        return self.directory / f"{day.isoformat()}{LOADED_SUFFIX}"
+
+    def sweep(self, days: list[date], *, loaded: bool = False) -> list[Path]:
+        """Delete the temps of killed runs beside these days' payloads (or loaded copies)."""
+        name = self.loaded_path if loaded else self.payload_path
+        return [temp for day in days for temp in sweep_stale_temps(name(day))]
+
+    def download_temp(self, day: date) -> Path:
+        """A locked temp for a download of `day`; `publish_download` or `discard` ends it."""
+        return temp_path_for(self.payload_path(day))
+
+    def publish_download(self, day: date, temp: Path) -> None:
+        publish(temp, self.payload_path(day))
+
+    def snapshot(self, day: date) -> AbstractContextManager[Path]:
+        """A locked hard link to the day's payload: a load reads it while a newer download may
+        replace the payload, and `keep_loaded` makes it the loaded copy once the load commits."""
+        return claim_temp(self.loaded_path(day), source=self.payload_path(day))
+
+    def keep_loaded(self, day: date, snapshot: Path) -> None:
+        publish(snapshot, self.loaded_path(day))
 
 
 def temp_path_for(final: Path) -> Path:

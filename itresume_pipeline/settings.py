@@ -1,5 +1,7 @@
 """The environment, read at call time (so tests can vary it), with one error type for bad values.
 
+The one module that reads the environment: the others call these functions, or get resource
+fields bound from them in `itresume_pipeline.resources` (secrets as `EnvVar`s, see `secret`).
 Every setting is checked where it is read, and a bad one raises `SettingError`, whose message
 names the variable. `SettingError` is a Dagster `Failure` that forbids retries: no retry can fix
 a typo in a deployment, so a run fails at once instead of burning its retry budget.
@@ -15,9 +17,10 @@ from __future__ import annotations
 
 import os
 from datetime import date
+from email.utils import getaddresses
 from pathlib import Path
 
-from dagster import Failure
+from dagster import EnvVar, Failure
 
 DEFAULT_API_URL = "https://b2b.itresume.ru/api/statistics"
 DEFAULT_START_DATE = "2023-04-01"
@@ -52,8 +55,24 @@ def required(name: str, *, needed_for: str) -> str:
     value = env(name)
     if value:
         return value
+    raise missing(name, needed_for=needed_for)
+
+
+def missing(name: str, *, needed_for: str) -> SettingError:
+    """The error for a required variable without a value: unset, or set but empty."""
     state = "is set but empty" if name in os.environ else "is not set"
-    raise SettingError(f"{name} {state}: it is required for {needed_for}")
+    return SettingError(f"{name} {state}: it is required for {needed_for}")
+
+
+def secret(name: str) -> EnvVar | str:
+    """A secret for a resource field: an `EnvVar`, so the Dagster UI shows its name only.
+
+    An unset one is bound empty instead. Dagster refuses to create a run whose `EnvVar` is unset
+    (a config error, before any resource runs), so the local profile could not fill the gap and
+    production would get no failed run to alert on; an empty field lets the resource that needs
+    it fail the run with a `SettingError` naming the variable (see `missing`).
+    """
+    return EnvVar(name) if name in os.environ else ""
 
 
 def profile() -> str:
@@ -73,8 +92,8 @@ def is_local() -> bool:
     return profile() == LOCAL_PROFILE
 
 
-def integer(name: str, default: int, *, minimum: int) -> int:
-    """A whole number of at least `minimum`; garbage or a smaller value names the variable."""
+def integer(name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
+    """A whole number from `minimum` to `maximum`; garbage or a value outside names the variable."""
     raw = env(name)
     if not raw:
         return default
@@ -84,6 +103,8 @@ def integer(name: str, default: int, *, minimum: int) -> int:
         raise SettingError(f"{name}={raw!r} is not a whole number") from None
     if value < minimum:
         raise SettingError(f"{name}={raw!r} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise SettingError(f"{name}={raw!r} must be at most {maximum}")
     return value
 
 
@@ -101,13 +122,39 @@ def number(name: str, default: float, *, minimum: float) -> float:
     return value
 
 
+def choice(name: str, choices: tuple[str, ...]) -> str:
+    """One of `choices` (case aside); unset is the first."""
+    raw = env(name, choices[0])
+    if raw.lower() not in choices:
+        raise SettingError(f"{name}={raw!r} is not one of {', '.join(choices)}")
+    return raw.lower()
+
+
+def addresses(name: str, *, single: bool = False) -> str:
+    """Comma-separated e-mail addresses, each `local@domain` or `Name <local@domain>`."""
+    raw = env(name)
+    pieces = [piece.strip() for piece in raw.split(",") if piece.strip()]
+    if single and len(pieces) > 1:
+        raise SettingError(f"{name}={raw!r} must be one address")
+    for piece in pieces:
+        parsed = getaddresses([piece])
+        local, _, domain = (parsed[0][1] if len(parsed) == 1 else "").rpartition("@")
+        if not (local and domain):
+            raise SettingError(f"{name}={raw!r}: {piece!r} is not an e-mail address")
+    return raw
+
+
+def readable_file(name: str) -> str:
+    """A path to an existing file, or empty."""
+    raw = env(name)
+    if raw and not Path(raw).expanduser().is_file():
+        raise SettingError(f"{name}={raw!r} is not a readable file")
+    return raw
+
+
 def home() -> Path:
     """`$ITRESUME_HOME`: landing files, logs, outbox, local sheet and the embedded database."""
     return Path(env("ITRESUME_HOME", "./.itresume")).expanduser().absolute()
-
-
-def landing_dir() -> Path:
-    return home() / "raw" / "attempts"
 
 
 def embedded_pg_dir() -> Path:
@@ -119,7 +166,14 @@ def sheets_local_dir() -> Path:
 
 
 def outbox_dir() -> Path:
-    return home() / "outbox"
+    """`$ITRESUME_OUTBOX_DIR`, else `$ITRESUME_HOME/outbox`: where alert e-mails wait."""
+    explicit = env("ITRESUME_OUTBOX_DIR")
+    return Path(explicit).expanduser().absolute() if explicit else home() / "outbox"
+
+
+def dagster_url() -> str:
+    """`ITRESUME_DAGSTER_URL`, the UI the alert e-mails link runs to."""
+    return env("ITRESUME_DAGSTER_URL", DEFAULT_DAGSTER_URL)
 
 
 def log_dir() -> Path:

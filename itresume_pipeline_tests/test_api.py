@@ -10,7 +10,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from dagster import DagsterEventType, DagsterInstance, materialize
 
+from itresume_pipeline.assets.ingestion import raw_attempts
+from itresume_pipeline.resources import build_resources
 from itresume_pipeline.resources.api import ApiAuthError, ApiError
 from itresume_pipeline.settings import SettingError
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY, make_api
@@ -124,3 +127,24 @@ def test_missing_credentials_name_the_variables(simulator, tmp_path):
     anonymous = make_api(simulator, client="", client_key="")
     with pytest.raises(SettingError, match="ITRESUME_CLIENT and ITRESUME_CLIENT_KEY"):
         anonymous.download(DAY, NEXT_DAY, tmp_path / "d.json.gz")
+
+
+def test_unset_credentials_fail_the_run_naming_them_instead_of_preventing_it(
+    simulator, itresume_home: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Dagster refuses to create a run whose `EnvVar` is unset, so no failed run would alert
+    anyone: the location binds an unset secret empty, and the run fails naming the variables."""
+    monkeypatch.delenv("ITRESUME_PROFILE")
+    monkeypatch.setenv("ITRESUME_API_URL", simulator.url)
+    result = materialize(
+        [raw_attempts],
+        resources=build_resources(),
+        partition_key="2024-10-08",
+        instance=DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE]
+    message = failure.step_failure_data.user_failure_data.description
+    assert message.startswith("ITRESUME_CLIENT and ITRESUME_CLIENT_KEY are not set"), message
+    assert simulator.requests == []

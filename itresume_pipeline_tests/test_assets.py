@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from datetime import date, datetime
 
 import psycopg
@@ -14,7 +15,7 @@ from psycopg import sql
 from itresume_pipeline.assets.ingestion import _attempt_checks, postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.jobs import range_tags
-from itresume_pipeline.landing import landing_path
+from itresume_pipeline.landing import LandingZone
 from itresume_pipeline.loading import DayLoad, replace_days
 from itresume_pipeline.local.simulator import generate_day, render_day_json
 from itresume_pipeline_tests.conftest import TEST_ATTEMPTS_PER_DAY, TEST_CLIENT_KEY, make_api
@@ -23,10 +24,15 @@ DAY = date(2024, 10, 8)
 ASSETS = [raw_attempts, postgres_attempts, daily_metrics]
 
 
+def zone() -> LandingZone:
+    """The landing zone of this test's $ITRESUME_HOME, as the code location binds it."""
+    return LandingZone(root=os.environ["ITRESUME_HOME"])
+
+
 def run(api, warehouse, *, partition: str | None = None, tags=None, assets=ASSETS):
     return materialize(
         assets,
-        resources={"itresume_api": api, "warehouse": warehouse},
+        resources={"itresume_api": api, "warehouse": warehouse, "landing": zone()},
         partition_key=partition,
         tags=tags,
         instance=DagsterInstance.ephemeral(),
@@ -74,8 +80,8 @@ def test_one_day_end_to_end(api, warehouse, simulator):
     [metrics] = table_rows(warehouse, "daily_metrics", "date")
     assert metrics == (DAY, *expected_metrics(records))
 
-    assert landing_path(DAY).exists()
-    assert not list(landing_path(DAY).parent.glob(".*partial"))
+    assert zone().payload_path(DAY).exists()
+    assert not list(zone().payload_path(DAY).parent.glob(".*partial"))
     raw_meta = materialization(result, "raw_attempts")
     assert raw_meta["records"].value == len(records)
     assert TEST_CLIENT_KEY not in raw_meta["request_url"].value
@@ -155,7 +161,7 @@ def test_truncated_payload_leaves_database_and_landing_unchanged(api, warehouse,
     assert run(api, warehouse, partition=DAY.isoformat()).success
     before_rows = table_rows(warehouse, "attempts", "created_at, user_id, lis_result_sourcedid")
     before_metrics = table_rows(warehouse, "daily_metrics", "date")
-    before_file = hashlib.sha256(landing_path(DAY).read_bytes()).hexdigest()
+    before_file = hashlib.sha256(zone().payload_path(DAY).read_bytes()).hexdigest()
 
     simulator.set_day_payload(DAY, [])  # what the API would say now, if it answered in full
     simulator.inject("truncate", times=10)
@@ -169,8 +175,8 @@ def test_truncated_payload_leaves_database_and_landing_unchanged(api, warehouse,
         before_rows
     )
     assert table_rows(warehouse, "daily_metrics", "date") == before_metrics
-    assert hashlib.sha256(landing_path(DAY).read_bytes()).hexdigest() == before_file
-    assert not list(landing_path(DAY).parent.glob(".*partial"))
+    assert hashlib.sha256(zone().payload_path(DAY).read_bytes()).hexdigest() == before_file
+    assert not list(zone().payload_path(DAY).parent.glob(".*partial"))
 
 
 def test_wrong_key_fails_fast_without_showing_it(api, warehouse, simulator):
@@ -209,8 +215,8 @@ def test_invalid_body_after_retries_fails_and_changes_nothing(api, warehouse, si
     simulator.inject(kind, times=10)
     result = run(api, warehouse, partition=DAY.isoformat())
     assert not result.success
-    assert not landing_path(DAY).exists()
-    assert not list(landing_path(DAY).parent.glob(".*partial"))
+    assert not zone().payload_path(DAY).exists()
+    assert not list(zone().payload_path(DAY).parent.glob(".*partial"))
 
 
 def test_attempt_checks_find_rows_outside_the_window_and_empty_users(warehouse):

@@ -40,13 +40,14 @@ from psycopg import sql
 
 from itresume_pipeline.local.dev import dagster_storage_url, install_instance_config
 from itresume_pipeline.local.simulator import ApiSimulator
-from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY
+from itresume_pipeline_tests.helpers import TEST_CLIENT, TEST_CLIENT_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 README_IMAGE = ROOT / "docs" / "images" / "asset-graph.png"
 CHROMIUM = os.environ.get("ITRESUME_CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = [
+    pytest.mark.processes,
     pytest.mark.slow,
     pytest.mark.browser,
     pytest.mark.skipif(

@@ -23,8 +23,9 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 from itresume_pipeline.dead_runs import process_alive, recorded_pid
 from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.sensors import dead_run_detector, run_failure_alert
-from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY
-from itresume_pipeline_tests.test_mail import mail_for, smtp_server
+from itresume_pipeline_tests.helpers import TEST_CLIENT, TEST_CLIENT_KEY, mail_for, smtp_server
+
+pytestmark = pytest.mark.processes  # each test starts a Dagster CLI run or a child process
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 90

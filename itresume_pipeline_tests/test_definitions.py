@@ -54,7 +54,7 @@ def test_jobs_and_sensors_snapshot():
         job.name for job in repository.get_all_jobs() if not job.name.startswith("__")
     ) == ["itresume_daily"]
     assert repository.sensor_defs == []  # they live in the alerting location
-    assert sorted(defs.resources) == ["itresume_api", "sheets", "warehouse"]
+    assert sorted(defs.resources) == ["itresume_api", "landing", "sheets", "warehouse"]
 
 
 def test_the_alerting_location_holds_the_sensors():

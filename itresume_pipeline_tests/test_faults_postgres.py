@@ -41,26 +41,22 @@ from itresume_pipeline.resources.postgres import (
     WarehouseError,
     forget_migrations,
 )
-from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY
-from itresume_pipeline_tests.test_faults_api import (
+from itresume_pipeline_tests.helpers import (
     ALL_ASSETS,
     DAY,
     HEADER,
     SHEET_ID,
+    TEST_CLIENT,
+    TEST_CLIENT_KEY,
     WORKSHEET,
     db_rows,
     db_state,
-    emulator,
     expected_attempts,
     failure_text,
     metric_row,
-    resources,
     run_pipeline,
     seed_day,
-    small_simulator,
 )
-
-__all__ = ["emulator", "resources", "small_simulator"]  # fixtures, re-exported for pytest
 
 DB_ASSETS = [raw_attempts, postgres_attempts, daily_metrics]
 GATE_NAMESPACE = 0x6A7E  # classid of the gate's advisory locks
@@ -177,9 +173,6 @@ def other_day_payload(day: date, n: int = 150) -> list[dict]:
 def test_a_load_killed_mid_copy_keeps_the_old_rows_and_the_retry_policy_finishes_it(
     resources: dict[str, Any], small_simulator: ApiSimulator, warehouse, gate: Gate
 ) -> None:
-    policy = postgres_attempts.op.retry_policy
-    assert (policy.max_retries, policy.delay) == (2, 2)  # what docs/reliability.md promises
-
     bad = {"lti_user_id": "nope", "passback_params": "{}", "is_correct": None,
            "attempt_type": "run", "created_at": "2024-10-08 10:00:00"}  # fmt: skip
     small_simulator.set_day_payload(DAY, [*generate_day(DAY, attempts_per_day=80), bad])
@@ -245,6 +238,7 @@ def private_server() -> Iterator[Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.processes
 def test_a_server_restart_between_runs_is_survived(
     private_server: Any, resources: dict[str, Any], small_simulator: ApiSimulator, emulator
 ) -> None:
@@ -395,6 +389,7 @@ def test_a_schema_without_its_version_is_migrated_under_the_migration_lock(
         ]
 
 
+@pytest.mark.processes
 def test_one_sigterm_during_the_load_stops_the_run_and_keeps_the_old_day(
     resources: dict[str, Any], small_simulator: ApiSimulator, warehouse, gate: Gate, tmp_path
 ) -> None:

@@ -24,9 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from itresume_pipeline import landing
 from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
+from itresume_pipeline.landing import LandingZone
 from itresume_pipeline.loading import replace_days
 from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.partitions import day_bounds
@@ -39,19 +39,16 @@ from itresume_pipeline.records import (
     to_row,
 )
 from itresume_pipeline.resources.postgres import PostgresResource
-from itresume_pipeline_tests.conftest import make_api
-from itresume_pipeline_tests.test_faults_api import (
+from itresume_pipeline_tests.helpers import (
     DAY,
     day_records,
     db_rows,
     expected_attempts,
+    make_api,
     metadata,
     metric_row,
     run_pipeline,
-    small_simulator,
 )
-
-__all__ = ["small_simulator"]  # the fixture, re-exported for pytest
 
 PWNED = Path("/tmp") / f"itresume-pwned-{uuid.uuid4().hex}"
 FIELDS = (
@@ -70,6 +67,7 @@ PASSBACK = (
     "{'oauth_consumer_key': '', 'lis_result_sourcedid': "
     f"'course-v1:Org+C+R:lms.example-{'a' * 32}:{USER}'}}"
 )
+
 BASE: dict[str, Any] = {
     "lti_user_id": USER,
     "passback_params": PASSBACK,
@@ -354,8 +352,11 @@ def _json_roundtrip(value: Any) -> Any:
 
 
 @pytest.fixture
-def api_and_warehouse(small_simulator: ApiSimulator, warehouse: PostgresResource) -> dict:
-    return {"itresume_api": make_api(small_simulator), "warehouse": warehouse}
+def api_and_warehouse(
+    small_simulator: ApiSimulator, landing_zone: LandingZone, warehouse: PostgresResource
+) -> dict:
+    api = make_api(small_simulator)
+    return {"itresume_api": api, "landing": landing_zone, "warehouse": warehouse}
 
 
 # -- fuzz ------------------------------------------------------------------------------------
@@ -531,10 +532,10 @@ def test_fuzz_a_sound_array_of_any_records_never_fails(
 )
 @given(st.lists(damaged_elements(), min_size=1, max_size=10))
 def test_fuzz_whatever_the_records_the_load_commits_and_adds_up(
-    warehouse: PostgresResource, itresume_home: Path, elements: list[bytes]
+    warehouse: PostgresResource, landing_zone: LandingZone, elements: list[bytes]
 ) -> None:
     """Into a real PostgreSQL: no input breaks COPY (encoding, NUL, escapes); counts add up."""
-    path = landing.landing_path(DAY)
+    path = landing_zone.payload_path(DAY)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(b"[" + b",".join(elements) + b"]"))
     [load], _ = replace_days(warehouse, {DAY: path}, run_id="fuzz")

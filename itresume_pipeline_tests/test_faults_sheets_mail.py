@@ -24,27 +24,26 @@ from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.resources.mail import MailResource
 from itresume_pipeline.resources.sheets import SheetsResource
 from itresume_pipeline.sensors import alert_outbox_flush, run_failure_alert
-from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY, make_api
-from itresume_pipeline_tests.test_faults_api import (
+from itresume_pipeline_tests.helpers import (
     DAY,
     HEADER,
     SHEET_ID,
+    TEST_CLIENT,
+    TEST_CLIENT_KEY,
     WORKSHEET,
     day_records,
     db_rows,
-    emulator,
     failure_text,
+    free_port,
+    mail_for,
+    make_api,
     make_sheets,
     metric_row,
-    resources,
     run_pipeline,
     seed_day,
     sheet_values,
-    small_simulator,
+    smtp_server,
 )
-from itresume_pipeline_tests.test_mail import free_port, mail_for, smtp_server
-
-__all__ = ["emulator", "resources", "small_simulator"]  # fixtures, re-exported for pytest
 
 DAGSTER_URL = "http://dagster.example.test:3000"
 

@@ -29,8 +29,10 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus
 
 from itresume_pipeline import landing
+from itresume_pipeline.landing import LandingZone
 from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.payload import count_records
+from itresume_pipeline.resources import build_resources
 from itresume_pipeline.resources.api import ApiCancelled, ApiError, ItResumeApiResource
 from itresume_pipeline.settings import SettingError
 from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY, make_api
@@ -249,7 +251,9 @@ def test_an_api_url_that_is_not_http_names_the_setting_and_is_not_retried(
 ) -> None:
     monkeypatch.delenv("ITRESUME_PROFILE")
     monkeypatch.setenv("ITRESUME_API_URL", url)
-    api = ItResumeApiResource(client=TEST_CLIENT, client_key=TEST_CLIENT_KEY, backoff_max_s=0)
+    monkeypatch.setenv("ITRESUME_CLIENT", TEST_CLIENT)
+    monkeypatch.setenv("ITRESUME_CLIENT_KEY", TEST_CLIENT_KEY)
+    api = build_resources()["itresume_api"].process_config_and_initialize()
     with pytest.raises(SettingError, match=r"ITRESUME_API_URL=.* is not an http") as caught:
         api.download(DAY, NEXT_DAY, tmp_path / "d.json.gz")
     assert caught.value.allow_retries is False
@@ -298,7 +302,7 @@ def test_one_sigterm_stops_a_run_stuck_in_a_trickling_download(
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         (run,) = instance.get_runs()
     assert run.status != DagsterRunStatus.SUCCESS
-    final = landing.landing_path(date(2024, 10, 8), root=home / "raw" / "attempts")
+    final = LandingZone(root=str(home)).payload_path(date(2024, 10, 8))
     assert not final.exists()
     assert not list(final.parent.glob(f"*{landing.TEMP_SUFFIX}"))
     assert len(simulator.requests) == 1  # stopped, not retried
@@ -314,20 +318,21 @@ def test_a_write_error_names_the_day_and_the_path(simulator: ApiSimulator, tmp_p
         from datetime import date
         from dagster import Failure
         from itresume_pipeline.assets.ingestion import _download_days
-        from itresume_pipeline.resources.api import ItResumeApiResource
+        from itresume_pipeline.resources import build_resources
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a kill
         resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-        api = ItResumeApiResource(client=sys.argv[1], client_key=sys.argv[2])
+        bound = build_resources()  # as the code location binds them, from the environment
+        api = bound["itresume_api"].process_config_and_initialize()
         try:
-            _download_days(api, [date(2024, 10, 8)])
+            _download_days(api, bound["landing"], [date(2024, 10, 8)])
         except Failure as failure:
             print(failure.description, failure.allow_retries)
             sys.exit(3)
         """
     )
     done = subprocess.run(
-        [sys.executable, "-c", script, TEST_CLIENT, TEST_CLIENT_KEY],
+        [sys.executable, "-c", script],
         env=_cli_env(home, simulator),
         capture_output=True,
         text=True,
@@ -344,10 +349,14 @@ def test_a_landing_folder_that_cannot_be_made_names_the_day_and_the_path(
     simulator: ApiSimulator, itresume_home: Path
 ) -> None:
     from itresume_pipeline.assets.ingestion import raw_attempts
-    from itresume_pipeline_tests.test_faults_api import failure_text, retries_of, run_pipeline
+    from itresume_pipeline_tests.helpers import failure_text, retries_of, run_pipeline
 
     (itresume_home / "raw").write_text("a file where the landing folder should be")
-    result = run_pipeline({"itresume_api": make_api(simulator)}, assets=[raw_attempts])
+    resources = {
+        "itresume_api": make_api(simulator),
+        "landing": LandingZone(root=str(itresume_home)),
+    }
+    result = run_pipeline(resources, assets=[raw_attempts])
     assert not result.success and retries_of(result) == 0
     text = failure_text(result)
     assert f"raw_attempts {DAY_KEY}: cannot create" in text, text

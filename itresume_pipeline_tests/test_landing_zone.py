@@ -20,9 +20,11 @@ from dagster import DagsterEventType, DagsterInstance, materialize
 
 from itresume_pipeline import landing
 from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
-from itresume_pipeline.landing import LandingError
+from itresume_pipeline.landing import LandingError, LandingZone
+from itresume_pipeline_tests.test_assets import zone
 
 DAY = date(2024, 10, 8)
+
 
 HOLDER = """
 import contextlib, sys, time
@@ -66,7 +68,7 @@ def temps(folder: Path) -> list[str]:
 def test_a_temp_of_a_process_killed_with_sigkill_is_swept_and_a_live_one_is_kept(
     itresume_home: Path, how: str
 ) -> None:
-    final = landing.landing_path(DAY)
+    final = zone().payload_path(DAY)
     proc, temp = hold_claim(final, how)
     try:
         assert temp.parent == final.parent and temp.name.startswith(f".{final.name}.")
@@ -84,7 +86,7 @@ def test_a_temp_of_a_process_killed_with_sigkill_is_swept_and_a_live_one_is_kept
 
 
 def test_a_claim_removes_its_temp_unless_published(itresume_home: Path) -> None:
-    final = landing.landing_path(DAY)
+    final = zone().payload_path(DAY)
     with landing.claim_temp(final) as temp:
         temp.write_bytes(b"[]")
         assert landing.sweep_stale_temps(final) == []  # our own claim is held too
@@ -96,7 +98,7 @@ def test_a_claim_removes_its_temp_unless_published(itresume_home: Path) -> None:
 
 
 def test_a_temp_without_a_block_is_held_until_published_or_discarded(itresume_home: Path) -> None:
-    final = landing.landing_path(DAY)
+    final = zone().payload_path(DAY)
     kept, dropped = landing.temp_path_for(final), landing.temp_path_for(final)
     assert landing.sweep_stale_temps(final) == []  # both in use by this live process
     kept.write_bytes(b"[2]")
@@ -106,8 +108,8 @@ def test_a_temp_without_a_block_is_held_until_published_or_discarded(itresume_ho
 
 
 def test_a_sweep_takes_only_the_temps_of_its_own_file(itresume_home: Path) -> None:
-    final, loaded = landing.landing_path(DAY), landing.loaded_path(DAY)
-    other = landing.landing_path(date(2024, 10, 9))
+    final, loaded = zone().payload_path(DAY), zone().loaded_path(DAY)
+    other = zone().payload_path(date(2024, 10, 9))
     stale = [stale_temp(path) for path in (final, loaded, other)]
     unrelated = final.with_name(f".{final.name}.notes{landing.TEMP_SUFFIX}")
     unrelated.write_bytes(b"not ours")
@@ -118,37 +120,52 @@ def test_a_sweep_takes_only_the_temps_of_its_own_file(itresume_home: Path) -> No
 
 
 def test_a_snapshot_keeps_its_bytes_when_the_source_is_replaced(itresume_home: Path) -> None:
-    final = landing.landing_path(DAY)
+    final = zone().payload_path(DAY)
     final.parent.mkdir(parents=True)
     final.write_bytes(b"[1, 2, 3]")
-    with landing.claim_temp(landing.loaded_path(DAY), source=final) as snapshot:
+    with landing.claim_temp(zone().loaded_path(DAY), source=final) as snapshot:
         with landing.claim_temp(final) as newer:
             newer.write_bytes(b"[]")
             landing.publish(newer, final)
         assert snapshot.read_bytes() == b"[1, 2, 3]"
-        landing.publish(snapshot, landing.loaded_path(DAY))
-    assert landing.loaded_path(DAY).read_bytes() == b"[1, 2, 3]"
+        landing.publish(snapshot, zone().loaded_path(DAY))
+    assert zone().loaded_path(DAY).read_bytes() == b"[1, 2, 3]"
     assert final.read_bytes() == b"[]" and temps(final.parent) == []
 
 
 def test_raw_attempts_and_postgres_attempts_sweep_what_killed_runs_left(
     api, warehouse, simulator, itresume_home: Path
 ) -> None:
-    for path in (landing.landing_path(DAY), landing.loaded_path(DAY)):
+    for path in (zone().payload_path(DAY), zone().loaded_path(DAY)):
         stale_temp(path)
     result = materialize(
         [raw_attempts, postgres_attempts],
-        resources={"itresume_api": api, "warehouse": warehouse},
+        resources={"itresume_api": api, "warehouse": warehouse, "landing": zone()},
         partition_key=DAY.isoformat(),
         instance=DagsterInstance.ephemeral(),
     )
     assert result.success
-    assert temps(landing.landing_path(DAY).parent) == []
-    assert landing.loaded_path(DAY).read_bytes() == landing.landing_path(DAY).read_bytes()
+    assert temps(zone().payload_path(DAY).parent) == []
+    assert zone().loaded_path(DAY).read_bytes() == zone().payload_path(DAY).read_bytes()
+
+
+def test_both_ingestion_assets_write_and_read_the_landing_zone_they_are_given(
+    api, warehouse, itresume_home: Path, tmp_path: Path
+) -> None:
+    elsewhere = LandingZone(root=str(tmp_path / "elsewhere"))
+    result = materialize(
+        [raw_attempts, postgres_attempts],
+        resources={"itresume_api": api, "warehouse": warehouse, "landing": elsewhere},
+        partition_key=DAY.isoformat(),
+        instance=DagsterInstance.ephemeral(),
+    )
+    assert result.success
+    assert elsewhere.loaded_path(DAY).read_bytes() == elsewhere.payload_path(DAY).read_bytes()
+    assert not (itresume_home / "raw").exists()
 
 
 def test_a_failed_publish_names_the_path_and_the_day(itresume_home: Path) -> None:
-    final = landing.landing_path(DAY)
+    final = zone().payload_path(DAY)
     (final / "in the way").mkdir(parents=True)  # a directory where the file should go
     with landing.claim_temp(final) as temp:
         temp.write_bytes(b"[]")
@@ -165,8 +182,9 @@ import json, os, sys
 from datetime import date
 from pathlib import Path
 from itresume_pipeline import landing
+zone = landing.LandingZone(root=os.environ["ITRESUME_HOME"])
 day = date(2024, 10, 8)
-final = landing.landing_path(day)
+final = zone.payload_path(day)
 final.parent.mkdir(parents=True)
 final.write_bytes(b"[]")
 n = 0
@@ -177,9 +195,13 @@ while True:  # use up every inode left
         break
     n += 1
 seen = {}
-for label, kwargs in {"temp": {}, "snapshot": {"source": final}}.items():
+claims = {
+    "temp": lambda: landing.claim_temp(zone.loaded_path(day)),
+    "snapshot": lambda: zone.snapshot(day),
+}
+for label, claim in claims.items():
     try:
-        with landing.claim_temp(landing.loaded_path(day), **kwargs):
+        with claim():
             seen[label] = "claimed"
     except landing.LandingError as error:
         seen[label] = [error.errno, str(error)]
@@ -216,11 +238,11 @@ def test_a_full_disk_names_the_path_and_the_day(tmp_path: Path) -> None:
 def test_raw_attempts_fails_at_once_naming_the_file_it_could_not_publish(
     api, itresume_home: Path
 ) -> None:
-    final = landing.landing_path(DAY)
+    final = zone().payload_path(DAY)
     (final / "in the way").mkdir(parents=True)
     result = materialize(
         [raw_attempts],
-        resources={"itresume_api": api},
+        resources={"itresume_api": api, "landing": zone()},
         partition_key=DAY.isoformat(),
         instance=DagsterInstance.ephemeral(),
         raise_on_error=False,
@@ -233,18 +255,19 @@ def test_raw_attempts_fails_at_once_naming_the_file_it_could_not_publish(
 
 
 MANY_DAYS = """
-import resource, sys
+import os, resource, sys
 from contextlib import ExitStack
 from datetime import date, timedelta
 from itresume_pipeline import landing
+zone = landing.LandingZone(root=os.environ["ITRESUME_HOME"])
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))  # a small soft limit, as on many hosts
 days = [date(2021, 1, 1) + timedelta(days=n) for n in range(400)]
 with ExitStack() as claims:
     for day in days:
-        claims.enter_context(landing.claim_temp(landing.loaded_path(day)))
-    temps = [landing.temp_path_for(landing.landing_path(day)) for day in days]
-    print(len(landing.sweep_stale_temps(landing.landing_path(days[0]))), flush=True)
+        claims.enter_context(landing.claim_temp(zone.loaded_path(day)))
+    temps = [zone.download_temp(day) for day in days]
+    print(len(zone.sweep(days[:1])), flush=True)
     for temp in temps:
         landing.discard(temp)
 print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 64)
@@ -263,4 +286,4 @@ def test_a_run_over_years_of_days_is_not_stopped_by_the_descriptor_limit(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "True"]  # every temp held, none swept
-    assert temps(landing.landing_path(DAY).parent) == []
+    assert temps(zone().payload_path(DAY).parent) == []

@@ -20,7 +20,6 @@ import yaml
 from dagster import AssetExecutionContext
 
 from itresume_pipeline.logs import (
-    DEFAULT_RETENTION_DAYS,
     DatedFileHandler,
     apply_retention,
     dated_file_executor,
@@ -29,9 +28,9 @@ from itresume_pipeline.logs import (
     retention_days,
 )
 from itresume_pipeline.settings import SettingError
-from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY
+from itresume_pipeline_tests.helpers import TEST_CLIENT, TEST_CLIENT_KEY
 
-SECRET = "sEcReT-KeY-4f1d9c"
+SECRET = TEST_CLIENT_KEY
 REPO = Path(__file__).resolve().parent.parent
 LINE_RE = re.compile(
     r"^(?P<ts>\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3})Z "
@@ -58,6 +57,11 @@ def log_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
+
+
+def shipped_python_logs() -> dict:
+    """The python_logs section of the dagster.yaml that deployments install."""
+    return yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())["python_logs"]
 
 
 # --- naming ------------------------------------------------------------------------------------
@@ -153,6 +157,7 @@ def _assert_untouched(directory: Path, others: dict[str, bytes]) -> None:
 
 
 def test_retention_keeps_today_and_the_days_before_it(log_dir: Path):
+    """With no retention setting: today and the two days before it, the documented default."""
     others = _populate(log_dir)
     DatedFileHandler().handle(at(datetime(2024, 10, 9, 1, 0, tzinfo=UTC), "the daily run"))
 
@@ -225,11 +230,6 @@ def test_apply_retention_reports_what_it_deleted(tmp_path: Path):
     assert apply_retention(tmp_path / "missing", date(2024, 1, 3), 2) == []
 
 
-def test_retention_days_default(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.delenv("ITRESUME_LOG_RETENTION_DAYS", raising=False)
-    assert retention_days() == DEFAULT_RETENTION_DAYS == 3
-
-
 # --- concurrency -------------------------------------------------------------------------------
 
 _LONG = "x" * 6000  # longer than PIPE_BUF: whole-line appends must not rely on it
@@ -242,6 +242,7 @@ def _write_many(directory: str, tag: str, count: int) -> None:
         handler.handle(at(when, f"{tag}-{i} {_LONG if i % 10 == 0 else ''}end"))
 
 
+@pytest.mark.processes
 def test_threads_and_processes_append_whole_lines(tmp_path: Path):
     directory = str(tmp_path / "logs")
     threads = [
@@ -289,7 +290,7 @@ def tiny_load(context: AssetExecutionContext) -> None:
 
 
 def test_dagster_runs_write_the_dated_file(log_dir: Path):
-    with dg.instance_for_test(overrides={"python_logs": python_logs_settings()}) as instance:
+    with dg.instance_for_test(overrides={"python_logs": shipped_python_logs()}) as instance:
         result = dg.materialize(
             [tiny_download, tiny_load],
             instance=instance,
@@ -327,12 +328,8 @@ def test_dagster_runs_write_the_dated_file(log_dir: Path):
     assert "Started execution of run" in text
 
 
-def test_the_shipped_dagster_yaml_wires_this_handler():
-    shipped = yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())
-    assert shipped["python_logs"] == python_logs_settings()
-
-
 # --- runs on an instance without the shipped dagster.yaml --------------------------------------
+@pytest.mark.processes
 def test_a_shell_run_without_dagster_home_writes_the_dated_file(tmp_path: Path, simulator):
     """`dagster asset materialize` on a throwaway instance: the location's executor writes it."""
     env = {
@@ -371,7 +368,8 @@ def say_once_job() -> dg.JobDefinition:
 
 
 def test_one_line_per_record_whether_or_not_the_instance_wires_the_file(log_dir: Path):
-    overrides = {"python_logs": python_logs_settings()}
+    """The shipped dagster.yaml wires the handler and so does the executor: still one line."""
+    overrides = {"python_logs": shipped_python_logs()}
     with dg.instance_for_test(overrides=overrides) as instance:
         assert dg.execute_job(dg.reconstructable(say_once_job), instance).success
     with dg.instance_for_test() as bare:  # no python_logs: the executor feeds the handler
@@ -385,9 +383,7 @@ def test_one_line_per_record_whether_or_not_the_instance_wires_the_file(log_dir:
 
 def test_instance_wires_dated_file_reads_python_logs():
     assert instance_wires_dated_file(python_logs_settings())
-    assert instance_wires_dated_file(
-        yaml.safe_load((REPO / "deploy" / "dagster.yaml").read_text())["python_logs"]
-    )
+    assert instance_wires_dated_file(shipped_python_logs())
     assert not instance_wires_dated_file(None)
     assert not instance_wires_dated_file({})
     assert not instance_wires_dated_file({"dagster_handler_config": {"handlers": {"x": {}}}})

@@ -30,6 +30,7 @@ from dagster import EnvVar
 
 from itresume_pipeline.alerts import Outbox
 from itresume_pipeline.redaction import redact
+from itresume_pipeline.resources import build_alert_resources
 from itresume_pipeline.resources.mail import MailDeliveryError, MailResource
 from itresume_pipeline.settings import SettingError
 
@@ -247,6 +248,11 @@ MAIL_VARS = (
 )
 
 
+def alert_mail() -> MailResource:
+    """The relay as the alerting code location binds it from the environment."""
+    return build_alert_resources()["mail"]
+
+
 @pytest.fixture
 def mail_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """Production (no profile), no mail setting inherited from the shell, a private home."""
@@ -256,7 +262,7 @@ def mail_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPa
     return monkeypatch
 
 
-def test_from_settings_reads_checked_values_and_keeps_the_password_an_envvar(
+def test_the_alert_location_reads_checked_values_and_keeps_the_password_an_envvar(
     mail_env: pytest.MonkeyPatch,
 ) -> None:
     mail_env.setenv("ITRESUME_SMTP_HOST", "relay.example.test")
@@ -265,7 +271,7 @@ def test_from_settings_reads_checked_values_and_keeps_the_password_an_envvar(
     mail_env.setenv("ITRESUME_SMTP_USER", "bot")
     mail_env.setenv("ITRESUME_SMTP_PASSWORD", "pw-from-env")
     mail_env.setenv("ITRESUME_ALERT_TO", "a@example.test, Дежурный <b@example.test>")
-    mail = MailResource.from_settings()
+    mail = alert_mail()
     assert isinstance(mail.password, EnvVar)  # the UI shows the variable, never the value
     assert "pw-from-env" not in repr(mail)
     resolved = mail.process_config_and_initialize()
@@ -293,7 +299,7 @@ def test_a_bad_mail_setting_is_an_error_naming_it(
 ) -> None:
     mail_env.setenv(var, value)
     with pytest.raises(SettingError, match=var):
-        MailResource.from_settings()
+        alert_mail()
 
 
 def test_a_user_without_a_password_names_the_password_variable(
@@ -301,13 +307,13 @@ def test_a_user_without_a_password_names_the_password_variable(
 ) -> None:
     mail_env.setenv("ITRESUME_SMTP_USER", "bot")
     with pytest.raises(SettingError, match="ITRESUME_SMTP_PASSWORD"):
-        MailResource.from_settings()
+        alert_mail()
 
 
 def test_no_host_in_production_refuses_instead_of_writing_an_unread_file(
     mail_env: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    mail = MailResource.from_settings().process_config_and_initialize()
+    mail = alert_mail().process_config_and_initialize()
     problem = mail.delivery_problem() or ""
     assert "NOT being delivered" in problem
     assert "ITRESUME_SMTP_HOST" in problem and "ITRESUME_ALERT_TO" in problem
@@ -327,7 +333,7 @@ def test_alerts_wait_without_a_relay_and_go_out_once_when_it_is_configured(
 ) -> None:
     outbox = Outbox(tmp_path / "outbox")
     assert outbox.enqueue("run-1", russian_message())
-    unconfigured = MailResource.from_settings().process_config_and_initialize()
+    unconfigured = alert_mail().process_config_and_initialize()
     for _ in range(2):
         result = outbox.flush(unconfigured)
         assert list(result.failed) == ["run-1"] and "ITRESUME_SMTP_HOST" in result.failed["run-1"]
@@ -338,7 +344,7 @@ def test_alerts_wait_without_a_relay_and_go_out_once_when_it_is_configured(
         mail_env.setenv("ITRESUME_SMTP_PORT", str(port))
         mail_env.setenv("ITRESUME_SMTP_SECURITY", "none")
         mail_env.setenv("ITRESUME_ALERT_TO", "ops@example.test")
-        configured = MailResource.from_settings().process_config_and_initialize()
+        configured = alert_mail().process_config_and_initialize()
         assert outbox.flush(configured).sent == ["run-1"]
         assert outbox.flush(configured).sent == []
     assert len(sink.envelopes) == 1

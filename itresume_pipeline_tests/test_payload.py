@@ -24,7 +24,7 @@ from itresume_pipeline.payload import (
 )
 from itresume_pipeline.records import MAX_FIELD_CHARS, to_copy_line
 from itresume_pipeline_tests.reference import reference_rows
-from itresume_pipeline_tests.test_parsing import PASSBACK, USER, record, records
+from itresume_pipeline_tests.strategies import PASSBACK, USER, record, records
 
 START, END = datetime(2024, 10, 8), datetime(2024, 10, 9)
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from datetime import date
 
 from dagster import DagsterInstance, materialize
@@ -11,6 +12,7 @@ from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.assets.reporting import sheets_report
 from itresume_pipeline.jobs import range_tags
+from itresume_pipeline.landing import LandingZone
 from itresume_pipeline.local.sheets_emulator import SheetsEmulator
 from itresume_pipeline.resources.sheets import SheetsResource
 
@@ -22,7 +24,12 @@ SHEET_ID = "report-sheet"
 def run_all(api, warehouse, sheets, *, partition=None, tags=None):
     return materialize(
         ALL_ASSETS,
-        resources={"itresume_api": api, "warehouse": warehouse, "sheets": sheets},
+        resources={
+            "itresume_api": api,
+            "warehouse": warehouse,
+            "landing": LandingZone(root=os.environ["ITRESUME_HOME"]),  # the test's home
+            "sheets": sheets,
+        },
         partition_key=partition,
         tags=tags,
         instance=DagsterInstance.ephemeral(),

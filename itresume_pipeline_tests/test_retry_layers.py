@@ -10,22 +10,19 @@ import pytest
 
 from itresume_pipeline.local.sheets_emulator import SheetsEmulator
 from itresume_pipeline.local.simulator import ApiSimulator
+from itresume_pipeline.partitions import day_bounds
 from itresume_pipeline.resources.api import ApiError
-from itresume_pipeline_tests.conftest import make_api
-from itresume_pipeline_tests.test_faults_api import (
-    emulator,
+from itresume_pipeline_tests.helpers import (
+    DAY,
     failure_text,
+    make_api,
     make_sheets,
-    resources,
     retries_of,
     run_pipeline,
     seed_day,
-    small_simulator,
     step_failures,
+    within,
 )
-from itresume_pipeline_tests.test_hostile_api import DAY, NEXT_DAY, within
-
-__all__ = ["emulator", "resources", "small_simulator"]  # fixtures, re-exported for pytest
 
 
 def test_a_sheets_429_storm_is_retried_by_the_client_alone(
@@ -51,7 +48,7 @@ def test_a_retried_answer_is_not_read_to_its_end(simulator: ApiSimulator, tmp_pa
     answer is quoted), so the third request comes at once."""
     api = make_api(simulator, error_body_timeout_s=5)
     simulator.inject("status", code=503, body="z" * 4000, trickle=0.05, times=2)
-    download, error, elapsed = within(20, lambda: api.download(DAY, NEXT_DAY, tmp_path / "d.gz"))
+    download, error, elapsed = within(20, lambda: api.download(*day_bounds(DAY), tmp_path / "d.gz"))
     assert error is None, error
     assert download.attempts == 3
     assert elapsed < 2
@@ -64,7 +61,7 @@ def test_the_deadline_bounds_the_waits_between_attempts(
     monkeypatch.setenv("ITRESUME_API_DEADLINE_S", "1")
     api = make_api(simulator, backoff_max_s=30)
     simulator.inject("429", retry_after=30)
-    _, error, elapsed = within(10, lambda: api.download(DAY, NEXT_DAY, tmp_path / "d.gz"))
+    _, error, elapsed = within(10, lambda: api.download(*day_bounds(DAY), tmp_path / "d.gz"))
     assert isinstance(error, ApiError) and not error.retryable, error
     assert "deadline of 1 s (ITRESUME_API_DEADLINE_S)" in str(error)
     assert len(simulator.requests) == 1

@@ -21,7 +21,7 @@ from dagster import (
 )
 
 from itresume_pipeline import defs
-from itresume_pipeline.jobs import API_CONCURRENCY_TAG, DAILY_JOB_NAME
+from itresume_pipeline.jobs import DAILY_JOB_NAME
 from itresume_pipeline.schedules import (
     DEFAULT_CRON,
     MAX_RETRIES_TAG,
@@ -98,17 +98,12 @@ def test_partition_is_the_utc_day_before_the_tick(
     assert tick(scheduled, shared_instance).run_requests[0].partition_key == partition
 
 
-def test_schedule_defaults():
+def test_the_one_schedule_is_on_from_the_start_and_runs_the_daily_job():
+    """A fresh deployment loads yesterday without anyone switching the schedule on."""
     schedule = defs.resolve_schedule_def(SCHEDULE_NAME)
     assert schedule.job_name == DAILY_JOB_NAME
-    assert schedule.cron_schedule == DEFAULT_CRON == "0 1 * * *"
-    assert schedule.execution_timezone == "UTC"
     assert schedule.default_status == DefaultScheduleStatus.RUNNING
     assert [s.name for s in defs.get_repository_def().schedule_defs] == [SCHEDULE_NAME]
-
-
-def test_the_job_carries_the_api_concurrency_tag():
-    assert API_CONCURRENCY_TAG in defs.resolve_job_def(DAILY_JOB_NAME).tags
 
 
 def test_cron_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch):
@@ -180,6 +175,7 @@ def test_a_bad_cron_names_the_variable(monkeypatch: pytest.MonkeyPatch):
         build_daily_schedule()
 
 
+@pytest.mark.processes
 def test_the_code_location_reads_the_cron_when_it_loads():
     """What the daemon sees: a fresh interpreter that imports the definitions."""
     env = {**os.environ, "ITRESUME_SCHEDULE_CRON": "45 3 * * *"}

@@ -41,8 +41,8 @@ from dagster._serdes import serialize_value
 from dagster._utils.error import serializable_error_info_from_exc_info
 from psycopg import sql
 
-from itresume_pipeline import landing
 from itresume_pipeline.assets.reporting import sheets_report
+from itresume_pipeline.landing import LandingZone
 from itresume_pipeline.loading import replace_days
 from itresume_pipeline.local.sheets_emulator import SheetsEmulator
 from itresume_pipeline.local.simulator import ApiSimulator, render_day_json
@@ -56,16 +56,16 @@ from itresume_pipeline.resources.mail import MailDeliveryError, MailResource
 from itresume_pipeline.resources.postgres import PostgresResource, WarehouseError
 from itresume_pipeline.resources.sheets import SheetsError, SheetsResource
 from itresume_pipeline.sensors import alert_outbox_flush, run_failure_alert
-from itresume_pipeline_tests.conftest import TEST_CLIENT
-from itresume_pipeline_tests.test_faults_api import (
+from itresume_pipeline_tests.helpers import (
     DAY,
+    TEST_CLIENT,
+    SmtpSink,
     failure_text,
+    free_port,
     run_pipeline,
+    write_credentials,
 )
-from itresume_pipeline_tests.test_mail import SmtpSink, free_port, tls_ca
-from itresume_pipeline_tests.test_sheets import write_credentials
 
-__all__ = ["tls_ca"]  # the session fixture, re-exported for pytest
 # Dagster flags the yaml-style python_logs handlers (what dagster.yaml ships) as beta.
 pytestmark = pytest.mark.filterwarnings("ignore::dagster.BetaWarning")
 
@@ -240,6 +240,7 @@ def world(
             api_base_url=emulator.url, max_attempts=2, backoff_base_s=0.01, backoff_max_s=0.02
         )
         resources["itresume_api"] = ItResumeApiResource(
+            url=api.url,
             client=EnvVar("ITRESUME_CLIENT"),
             client_key=EnvVar("ITRESUME_CLIENT_KEY"),
             max_attempts=2,
@@ -415,8 +416,7 @@ def test_exceptions_raised_at_each_boundary_carry_no_secret(
         "bad port": f"postgresql://postgres:{DB_PASSWORD}@127.0.0.1:notaport/x",
         "keyword form": f"host=127.0.0.1 port={free_port()} user=postgres password={DB_PASSWORD}",
     }.items():
-        monkeypatch.setenv("ITRESUME_DATABASE_URL", url)
-        warehouse = PostgresResource(connect_timeout_s=2)
+        warehouse = PostgresResource(database_url=url, connect_timeout_s=2)
         with pytest.raises(WarehouseError) as info, warehouse.connect():
             pass
         raised[f"PostgreSQL {label}"] = info.value
@@ -509,16 +509,18 @@ def test_a_malicious_schema_name_is_refused_before_any_sql(
 
 
 def _from_env(monkeypatch: pytest.MonkeyPatch, pg_url: str, name: str) -> PostgresResource:
+    """The warehouse as the code location builds it from the environment."""
+    monkeypatch.setenv("ITRESUME_DATABASE_URL", pg_url)
     monkeypatch.setenv("ITRESUME_DB_SCHEMA", name)
-    return PostgresResource(database_url=pg_url)
+    return build_resources()["warehouse"].process_config_and_initialize()
 
 
 def test_a_schema_named_like_a_keyword_is_quoted_and_works(
-    pg_url: str, itresume_home: Path
+    pg_url: str, landing_zone: LandingZone
 ) -> None:
     """`select` passes validation; it only works because every use of it is quoted."""
     warehouse = PostgresResource(database_url=pg_url, schema_name="select")
-    path = landing.landing_path(DAY)
+    path = landing_zone.payload_path(DAY)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(render_day_json(DAY, attempts_per_day=25)))
     try:

@@ -28,9 +28,7 @@ from itresume_pipeline.alerts import (
 )
 from itresume_pipeline.resources.mail import MailResource
 from itresume_pipeline.sensors import alert_outbox_flush, run_failure_alert
-from itresume_pipeline_tests.test_mail import free_port, mail_for, smtp_server, tls_ca
-
-__all__ = ["tls_ca"]  # the session fixture, re-exported for pytest
+from itresume_pipeline_tests.helpers import free_port, mail_for, smtp_server
 
 SECRET = "SECRET123"
 DAGSTER_URL = "http://dagster.example.test:3000/"

@@ -14,10 +14,10 @@ from dagster import DagsterEventType, DagsterInstance, materialize
 from itresume_pipeline.assets.ingestion import ALLOW_SHRINK_TAG, postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.jobs import range_tags
-from itresume_pipeline.landing import landing_path, loaded_path, open_payload
+from itresume_pipeline.landing import open_payload
 from itresume_pipeline.local.simulator import generate_day
 from itresume_pipeline_tests.conftest import TEST_ATTEMPTS_PER_DAY
-from itresume_pipeline_tests.test_assets import table_rows
+from itresume_pipeline_tests.test_assets import table_rows, zone
 
 DAY = date(2024, 10, 8)
 ASSETS = [raw_attempts, postgres_attempts, daily_metrics]
@@ -28,7 +28,7 @@ FORCE_CONFIG = {"ops": {"postgres_attempts": {"config": {"allow_shrink": True}}}
 def run(api, warehouse, *, assets=ASSETS, partition=PARTITION, tags=None, config=None):
     return materialize(
         assets,
-        resources={"itresume_api": api, "warehouse": warehouse},
+        resources={"itresume_api": api, "warehouse": warehouse, "landing": zone()},
         partition_key=partition,
         tags=tags,
         run_config=config,
@@ -71,8 +71,8 @@ def test_an_empty_payload_does_not_wipe_a_loaded_day(api, warehouse, simulator) 
     assert run(api, warehouse).success
     before = state(warehouse)
     assert len(before[0]) == TEST_ATTEMPTS_PER_DAY and len(before[1]) == 1
-    good_payload = digest(landing_path(DAY))
-    assert digest(loaded_path(DAY)) == good_payload
+    good_payload = digest(zone().payload_path(DAY))
+    assert digest(zone().loaded_path(DAY)) == good_payload
 
     simulator.set_day_payload(DAY, [])  # a valid answer: the API lost the day
     result = run(api, warehouse)
@@ -84,11 +84,12 @@ def test_an_empty_payload_does_not_wipe_a_loaded_day(api, warehouse, simulator) 
     assert '"allow_shrink": true' in message and f"{ALLOW_SHRINK_TAG}=true" in message
     assert retries(result) == 0  # no retry can make the payload bigger
     assert state(warehouse) == before  # the rejects of the day too
-    with open_payload(landing_path(DAY)) as latest:
+    with open_payload(zone().payload_path(DAY)) as latest:
         assert latest.read() == b"[]"  # the download itself is kept: it is what the API said
-    assert digest(loaded_path(DAY)) == good_payload  # the replay copy is untouched
+    assert digest(zone().loaded_path(DAY)) == good_payload  # the replay copy is untouched
 
-    shutil.copyfile(loaded_path(DAY), landing_path(DAY))  # the replay the docstring describes
+    landing = zone()
+    shutil.copyfile(landing.loaded_path(DAY), landing.payload_path(DAY))  # the documented replay
     replay = run(api, warehouse, assets=[postgres_attempts, daily_metrics])
     assert replay.success
     assert state(warehouse) == before
@@ -106,7 +107,8 @@ def test_a_shrink_can_be_forced_by_run_config_or_run_tag(api, warehouse, simulat
     )
     assert forced.success
     assert state(warehouse) == ([], [], [(DAY, 0, 0, 0)])
-    assert digest(loaded_path(DAY)) == digest(landing_path(DAY))  # now the loaded payload
+    landing = zone()
+    assert digest(landing.loaded_path(DAY)) == digest(landing.payload_path(DAY))  # now loaded
     meta = forced.asset_materializations_for_node("postgres_attempts")[0].metadata
     assert (meta["replaced"].value, meta["loaded"].value) == (TEST_ATTEMPTS_PER_DAY, 0)
 

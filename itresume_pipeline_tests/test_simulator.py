@@ -455,6 +455,7 @@ def read_line(proc: subprocess.Popen[str], *, timeout: float) -> str:
         pytest.fail(f"itresume-simulator printed nothing in {timeout} s")
 
 
+@pytest.mark.processes
 def test_console_script_serves_and_stops_on_sigterm() -> None:
     script = shutil.which("itresume-simulator", path=str(Path(sys.executable).parent))
     assert script, "itresume-simulator is not installed next to this Python"

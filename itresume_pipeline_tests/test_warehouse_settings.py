@@ -14,8 +14,9 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, Failure, materialize
 from psycopg.conninfo import make_conninfo
 
-from itresume_pipeline import landing, settings
+from itresume_pipeline import settings
 from itresume_pipeline.assets.ingestion import postgres_attempts
+from itresume_pipeline.resources import build_resources
 from itresume_pipeline.resources.postgres import PostgresResource, WarehouseError
 
 DAY = date(2024, 10, 8)
@@ -55,9 +56,18 @@ def silent_server() -> Iterator[int]:
         yield server.getsockname()[1]
 
 
+def bound_warehouse() -> PostgresResource:
+    """The warehouse as the code location binds it from the environment, with a short timeout."""
+    bound = build_resources()["warehouse"]
+    return PostgresResource(
+        database_url=bound.database_url, schema_name=bound.schema_name, connect_timeout_s=2
+    )
+
+
 def connect_error(monkeypatch: pytest.MonkeyPatch, url: str) -> BaseException:
     monkeypatch.setenv("ITRESUME_DATABASE_URL", url)
-    with pytest.raises(Exception) as info, PostgresResource(connect_timeout_s=2).connect():
+    warehouse = bound_warehouse().process_config_and_initialize()  # as a run resolves it
+    with pytest.raises(Exception) as info, warehouse.connect():
         pass
     return info.value
 
@@ -126,14 +136,15 @@ def test_a_wrong_role_or_a_missing_database_is_not_retried(
 
 def run_load() -> tuple[str, int]:
     """postgres_attempts with the warehouse from the environment; its failure and retries."""
-    path = landing.landing_path(DAY)
+    landing = build_resources()["landing"]
+    path = landing.payload_path(DAY)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(gzip.compress(b"[]"))
     # Dagster's PLUS_MINUS jitter draws random(): 0 gives the shortest waits (0 s, then 4 s).
     with mock.patch("dagster._core.definitions.policy.random", return_value=0.0):
         result = materialize(
             [postgres_attempts],
-            resources={"warehouse": PostgresResource(connect_timeout_s=2)},
+            resources={"warehouse": bound_warehouse(), "landing": landing},
             partition_key=DAY.isoformat(),
             instance=DagsterInstance.ephemeral(),
             raise_on_error=False,

@@ -21,12 +21,12 @@ from dagster import (
 )
 from pydantic import Field
 
-from itresume_pipeline import landing
 from itresume_pipeline.assets.common import (
     DAILY_ASSET,
     DATABASE_RETRY_POLICY,
     interruption_ends_the_run,
 )
+from itresume_pipeline.landing import LOADED_SUFFIX, LandingError, LandingZone, discard
 from itresume_pipeline.loading import DayLoad, ShrinkRefused, replace_days
 from itresume_pipeline.partitions import (
     day_bounds,
@@ -50,20 +50,20 @@ _TAG_TRUE, _TAG_FALSE = ("true", "1", "yes"), ("false", "0", "no", "")
     description="The API's payload for each UTC day, verbatim (gzip), kept for replay.",
 )
 def raw_attempts(
-    context: AssetExecutionContext, itresume_api: ItResumeApiResource
+    context: AssetExecutionContext, itresume_api: ItResumeApiResource, landing: LandingZone
 ) -> MaterializeResult:
     days = days_in_window(context.partition_time_window)
-    _sweep(context, [landing.landing_path(day) for day in days])
+    _log_swept(context, landing.sweep(days))
     context.log.info(f"download started: {describe_days(days)}")
-    downloads = _download_days(itresume_api, days)
+    downloads = _download_days(itresume_api, landing, days)
     try:
         for day, download in downloads.items():
-            landing.publish(download.path, landing.landing_path(day))
-    except landing.LandingError as error:  # a full disk: it names the path and the day
+            landing.publish_download(day, download.path)
+    except LandingError as error:  # a full disk: it names the path and the day
         raise Failure(description=f"raw_attempts: {error.strerror}", allow_retries=False) from None
     finally:  # a publish that failed leaves no temp behind (published ones are gone already)
         for download in downloads.values():
-            landing.discard(download.path)
+            discard(download.path)
     total_records = sum(d.records for d in downloads.values())
     total_bytes = sum(d.bytes for d in downloads.values())
     seconds = max(d.seconds for d in downloads.values()) if downloads else 0.0
@@ -76,7 +76,7 @@ def raw_attempts(
         "bytes": MetadataValue.int(total_bytes),
         "duration_s": MetadataValue.float(round(seconds, 3)),
         "days": MetadataValue.int(len(days)),
-        "path": MetadataValue.path(str(landing.landing_path(days[0]).parent)),
+        "path": MetadataValue.path(str(landing.directory)),
     }
     if len(days) == 1:
         only = downloads[days[0]]
@@ -88,7 +88,9 @@ def raw_attempts(
     return MaterializeResult(metadata=metadata)
 
 
-def _download_days(api: ItResumeApiResource, days: list[date]) -> dict[date, Download]:
+def _download_days(
+    api: ItResumeApiResource, landing: LandingZone, days: list[date]
+) -> dict[date, Download]:
     """Fetch every day into temp files, concurrently; publish nothing unless all succeeded.
 
     One cancel event is shared by every download. It is set when this thread stops waiting for
@@ -102,7 +104,7 @@ def _download_days(api: ItResumeApiResource, days: list[date]) -> dict[date, Dow
 
     def write_failure(day: date, path: Path, error: OSError) -> Failure:
         """A full disk or a broken folder: no retry fixes it, and the operator needs the path."""
-        if isinstance(error, landing.LandingError):  # already names the path and the day
+        if isinstance(error, LandingError):  # already names the path and the day
             return Failure(description=f"raw_attempts {day}: {error.strerror}", allow_retries=False)
         reason = error.strerror or str(error)
         return Failure(
@@ -124,11 +126,10 @@ def _download_days(api: ItResumeApiResource, days: list[date]) -> dict[date, Dow
     pool = ThreadPoolExecutor(workers, thread_name_prefix="itresume-fetch")
     try:
         for day in days:
-            final = landing.landing_path(day)
             try:
-                temps[day] = landing.temp_path_for(final)
+                temps[day] = landing.download_temp(day)
             except OSError as error:
-                raise write_failure(day, final, error) from None
+                raise write_failure(day, landing.payload_path(day), error) from None
         futures.update((day, pool.submit(fetch, day)) for day in days)
         results = {}
         for day, future in futures.items():
@@ -146,15 +147,14 @@ def _download_days(api: ItResumeApiResource, days: list[date]) -> dict[date, Dow
         wait(futures.values(), timeout=2)  # cancelled reads end in well under that: temps close
         for temp in temps.values():
             with suppress(OSError):  # the error being raised matters more than a leftover temp
-                landing.discard(temp)
+                discard(temp)
         raise
     finally:
         pool.shutdown(wait=False)
 
 
-def _sweep(context: AssetExecutionContext, finals: list[Path]) -> None:
-    """Remove the temps that killed runs left beside these files (none are held by a live one)."""
-    removed = [temp for final in finals for temp in landing.sweep_stale_temps(final)]
+def _log_swept(context: AssetExecutionContext, removed: list[Path]) -> None:
+    """Say which temps of killed runs were removed (none are held by a live one)."""
     if removed:
         context.log.info(f"removed {len(removed)} stale temp files: {[p.name for p in removed]}")
 
@@ -206,21 +206,25 @@ class LoadConfig(Config):
     f"(config allow_shrink, or the run tag {ALLOW_SHRINK_TAG}=true).",
 )
 def postgres_attempts(
-    context: AssetExecutionContext, config: LoadConfig, warehouse: PostgresResource
+    context: AssetExecutionContext,
+    config: LoadConfig,
+    warehouse: PostgresResource,
+    landing: LandingZone,
 ) -> MaterializeResult:
     with interruption_ends_the_run("postgres_attempts"):
         days = days_in_window(context.partition_time_window)
-        payloads = {day: landing.landing_path(day) for day in days}
-        missing = [str(p) for p in payloads.values() if not p.exists()]
+        missing = [str(p) for p in map(landing.payload_path, days) if not p.exists()]
         if missing:
             raise Failure(
                 description=f"landing files missing, materialize raw_attempts first: {missing[:5]}",
                 allow_retries=False,
             )
         allow_shrink = config.allow_shrink or _tag_allows_shrink(context)
-        _sweep(context, [landing.loaded_path(day) for day in days])
+        _log_swept(context, landing.sweep(days, loaded=True))
         context.log.info(f"parse and load started: {describe_days(days)}")
-        loads, seconds = _load_and_keep(context, warehouse, payloads, allow_shrink=allow_shrink)
+        loads, seconds = _load_and_keep(
+            context, warehouse, landing, days, allow_shrink=allow_shrink
+        )
         totals = DayLoad.total(loads)
         rate = totals.loaded / seconds if seconds > 0 else 0.0
         context.log.info(
@@ -254,7 +258,8 @@ def postgres_attempts(
 def _load_and_keep(
     context: AssetExecutionContext,
     warehouse: PostgresResource,
-    payloads: dict[date, Path],
+    landing: LandingZone,
+    days: list[date],
     *,
     allow_shrink: bool,
 ) -> tuple[list[DayLoad], float]:
@@ -263,14 +268,13 @@ def _load_and_keep(
     (a full disk) names the path and the day and is not retried."""
     try:
         with ExitStack() as claims:
-            snapshots = {
-                day: claims.enter_context(landing.claim_temp(landing.loaded_path(day), source=path))
-                for day, path in payloads.items()
-            }
-            loaded = _replace(context, warehouse, snapshots, allow_shrink=allow_shrink)
+            snapshots = {day: claims.enter_context(landing.snapshot(day)) for day in days}
+            loaded = _replace(
+                context, warehouse, snapshots, allow_shrink=allow_shrink, kept_in=landing.directory
+            )
             for day, snapshot in snapshots.items():
-                landing.publish(snapshot, landing.loaded_path(day))
-    except landing.LandingError as error:
+                landing.keep_loaded(day, snapshot)
+    except LandingError as error:
         raise Failure(
             description=f"postgres_attempts: {error.strerror}", allow_retries=False
         ) from None
@@ -283,18 +287,19 @@ def _replace(
     payloads: dict[date, Path],
     *,
     allow_shrink: bool,
+    kept_in: Path,
 ) -> tuple[list[DayLoad], float]:
     try:
         return replace_days(
             warehouse, payloads, run_id=context.run_id, refuse_shrink=not allow_shrink
         )
     except ShrinkRefused as refused:
-        raise Failure(description=_shrink_message(refused), allow_retries=False) from None
+        raise Failure(description=_shrink_message(refused, kept_in), allow_retries=False) from None
     except psycopg.OperationalError as error:
         raise WarehouseError(f"PostgreSQL connection failed during the load: {error}") from None
 
 
-def _shrink_message(refused: ShrinkRefused) -> str:
+def _shrink_message(refused: ShrinkRefused, kept_in: Path) -> str:
     days = "; ".join(
         f"{load.day}: {load.replaced} rows loaded now, the new payload would load {load.loaded}"
         for load in refused.loads
@@ -302,7 +307,7 @@ def _shrink_message(refused: ShrinkRefused) -> str:
     return (
         "postgres_attempts refused payloads that would remove more than half of a day's rows "
         f"({days}); nothing was changed, and the payload each day was loaded from is kept as "
-        f"<day>{landing.LOADED_SUFFIX} in {landing.loaded_path(refused.loads[0].day).parent}. "
+        f"<day>{LOADED_SUFFIX} in {kept_in}. "
         "If the smaller payload is right, force it with the run config "
         '{"ops": {"postgres_attempts": {"config": {"allow_shrink": true}}}} '
         f"or the run tag {ALLOW_SHRINK_TAG}=true."

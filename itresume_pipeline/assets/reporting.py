@@ -20,10 +20,7 @@ from itresume_pipeline.assets.common import (
     interruption_ends_the_run,
 )
 from itresume_pipeline.assets.metrics import METRIC_COLUMNS, daily_metrics, fetch_daily_metrics
-from itresume_pipeline.partitions import (
-    days_in_window,
-    describe_days,
-)
+from itresume_pipeline.partitions import days_in_window, describe_days
 from itresume_pipeline.resources.postgres import PostgresResource
 from itresume_pipeline.resources.sheets import SheetsLayoutError, SheetsResource
 
@@ -61,46 +58,40 @@ def sheets_report(
             )
         try:
             result = sheets.upsert_rows(rows)
+            seconds = time.perf_counter() - began
+            in_sheet = sheets.read_rows()  # also refuses a header a person broke since the write
         except SheetsLayoutError as exc:
-            yield _unreadable_sheet(exc)
-            raise Failure(description=str(exc), allow_retries=False) from exc
-        seconds = time.perf_counter() - began
-        if result.mode == "local-csv":
-            context.log.warning(
-                f"the report is a LOCAL CSV file, not a Google Sheet: {result.url}. Set "
-                "ITRESUME_SHEETS_SPREADSHEET_ID and ITRESUME_SHEETS_CREDENTIALS (and "
-                "ITRESUME_SHEETS_BACKEND=google, or leave it unset) to publish it."
+            # A table that cannot be found cannot match daily_metrics: the check fails with the
+            # reason instead of being skipped with the step. No retry fixes a person's edit.
+            yield AssetCheckResult(
+                check_name=CHECK_NAME,
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                metadata={"error": MetadataValue.text(str(exc))},
             )
+            raise Failure(description=str(exc), allow_retries=False) from exc
         context.log.info(
             f"sheet finished: {len(rows)} rows, {result.write_calls} write calls in {seconds:.2f} s"
         )
-        try:
-            in_sheet = sheets.read_rows()
-        except SheetsLayoutError as exc:  # a person broke the header between our write and read
-            yield _unreadable_sheet(exc)
-            raise Failure(description=str(exc), allow_retries=False) from exc
         mismatches = [
             {"date": row["date"], "sheet": in_sheet.get(row["date"]), "daily_metrics": row}
             for row in rows
-            if not in_sheet.get(row["date"])
-            or any(in_sheet[row["date"]].get(c) != row[c] for c in METRIC_COLUMNS)
+            if any(in_sheet.get(row["date"], {}).get(c) != row[c] for c in METRIC_COLUMNS)
         ]
-        metadata: dict[str, object] = {
-            "sheet_url": MetadataValue.url(result.url)
-            if result.url.startswith("http")
-            else MetadataValue.path(result.url.removeprefix("file://")),
-            "sheet_mode": MetadataValue.text(result.mode),
-            "local_csv_not_google": MetadataValue.bool(result.mode == "local-csv"),
-            "worksheet": MetadataValue.text(result.worksheet),
-            "write_calls": MetadataValue.int(result.write_calls),
-            "rows": MetadataValue.json(dict(sorted(result.row_numbers.items()))),
-            "values": MetadataValue.json(
-                {d: result.values[d] for d in sorted(result.values)[-31:]}
-            ),
-            "duration_s": MetadataValue.float(round(seconds, 3)),
-        }
+        local = result.mode == "local-csv"
         yield MaterializeResult(
-            metadata=metadata,
+            metadata={
+                "sheet_url": MetadataValue.path(result.url.removeprefix("file://"))
+                if local
+                else MetadataValue.url(result.url),
+                "sheet_mode": MetadataValue.text(result.mode),
+                "local_csv_not_google": MetadataValue.bool(local),
+                "worksheet": MetadataValue.text(result.worksheet),
+                "write_calls": MetadataValue.int(result.write_calls),
+                "rows": MetadataValue.json(result.row_numbers),
+                "values": MetadataValue.json(dict(list(result.values.items())[-31:])),
+                "duration_s": MetadataValue.float(round(seconds, 3)),
+            },
             check_results=[
                 AssetCheckResult(
                     check_name=CHECK_NAME,
@@ -110,14 +101,3 @@ def sheets_report(
                 )
             ],
         )
-
-
-def _unreadable_sheet(exc: SheetsLayoutError) -> AssetCheckResult:
-    """A sheet whose table cannot be found cannot match daily_metrics: the check fails with the
-    reason, instead of being skipped with the failed step. No retry fixes a person's edit."""
-    return AssetCheckResult(
-        check_name=CHECK_NAME,
-        passed=False,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"error": MetadataValue.text(str(exc))},
-    )

@@ -93,9 +93,10 @@ def _print_report(first, last, dagster_home, run_id: str) -> None:
     from itresume_pipeline import settings
     from itresume_pipeline.assets.metrics import fetch_daily_metrics
     from itresume_pipeline.definitions import defs
-    from itresume_pipeline.landing import landing_path
 
-    warehouse = defs.resources["warehouse"]
+    # Initialized as a run would: the EnvVar fields resolve only then.
+    warehouse = defs.resources["warehouse"].process_config_and_initialize()
+    landing = defs.resources["landing"]
     rows = fetch_daily_metrics(warehouse, first, last)
     header = ("date", "attempts", "successful_attempts", "unique_users")
     widths = [max(len(h), 10) for h in header]
@@ -105,7 +106,7 @@ def _print_report(first, last, dagster_home, run_id: str) -> None:
         print("  ".join(str(row[h]).rjust(w) for h, w in zip(header, widths, strict=True)))
     print()
     print("outputs:")
-    print(f"  landing files   {landing_path(first).parent}/<day>.json.gz")
+    print(f"  landing files   {landing.directory}/<day>.json.gz")
     print(f"  PostgreSQL      {warehouse.location}: attempts, attempts_rejected, daily_metrics")
     print(f"  report sheet    {defs.resources['sheets'].describe()}")
     print(f"  Dagster run     {run_id} (instance {dagster_home})")

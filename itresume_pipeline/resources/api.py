@@ -55,7 +55,7 @@ from urllib3.exceptions import MaxRetryError
 
 from itresume_pipeline.redaction import redact
 from itresume_pipeline.retrying import HttpRetry, http_retry, mount
-from itresume_pipeline.settings import DEFAULT_API_URL, SettingError, api_deadline_s, env
+from itresume_pipeline.settings import DEFAULT_API_URL, SettingError, api_deadline_s
 from itresume_pipeline.streams import ChunkStream
 
 logger = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ ERROR_EXCERPT_CHARS = 300
 MAX_REDIRECTS = 3
 #: How often the watchdog looks at the clock and at the cancel event.
 WATCH_INTERVAL_S = 0.1
+URL_VAR = "ITRESUME_API_URL"
+CLIENT_VAR = "ITRESUME_CLIENT"
+CLIENT_KEY_VAR = "ITRESUME_CLIENT_KEY"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _MESSAGE_KEYS = ("errors", "error", "message", "detail")
 
@@ -118,12 +121,9 @@ def format_api_datetime(moment: datetime) -> str:
 class ItResumeApiResource(ConfigurableResource):
     """The statistics endpoint with its credentials, timeouts and retry budget."""
 
-    url: str = Field(
-        default="",
-        description="Statistics endpoint; empty: ITRESUME_API_URL at run time, else the real API.",
-    )
-    client: str = Field(default="", description="API client name (ITRESUME_CLIENT).")
-    client_key: str = Field(default="", description="API client key (ITRESUME_CLIENT_KEY).")
+    url: str = Field(default=DEFAULT_API_URL, description=f"Statistics endpoint ({URL_VAR}).")
+    client: str = Field(default="", description=f"API client name ({CLIENT_VAR}).")
+    client_key: str = Field(default="", description=f"API client key ({CLIENT_KEY_VAR}).")
     connect_timeout_s: float = Field(default=10.0, description="TCP/TLS connect timeout.")
     read_timeout_s: float = Field(
         default=300.0,
@@ -218,11 +218,11 @@ class ItResumeApiResource(ConfigurableResource):
     @property
     def endpoint(self) -> str:
         """The configured URL, refused unless it is http(s) with a host: a typo is no retry."""
-        value = self.url or env("ITRESUME_API_URL", DEFAULT_API_URL)
+        value = self.url.strip()
         parts = urlsplit(value)
         if parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname:
             raise SettingError(
-                f"ITRESUME_API_URL={self._clean(value)!r} is not an http(s) URL: use e.g. "
+                f"{URL_VAR}={self._clean(value)!r} is not an http(s) URL: use e.g. "
                 f"{DEFAULT_API_URL}"
             )
         return value
@@ -231,8 +231,8 @@ class ItResumeApiResource(ConfigurableResource):
         missing = [
             name
             for name, value in (
-                ("ITRESUME_CLIENT", self.client),
-                ("ITRESUME_CLIENT_KEY", self.client_key),
+                (CLIENT_VAR, self.client),
+                (CLIENT_KEY_VAR, self.client_key),
             )
             if not value.strip()
         ]
@@ -308,14 +308,14 @@ class ItResumeApiResource(ConfigurableResource):
                 raise ApiError(
                     f"IT Resume API redirected (HTTP {response.status_code}) to another host, "
                     f"{self._clean(_host(target))}; not followed, since the request carries the "
-                    "client key. Check ITRESUME_API_URL.",
+                    f"client key. Check {URL_VAR}.",
                     retryable=False,
                     status=response.status_code,
                 )
             session.get_adapter(target).max_retries = response.raw.retries
             url = target
         raise ApiError(
-            f"IT Resume API redirected more than {MAX_REDIRECTS} times; check ITRESUME_API_URL.",
+            f"IT Resume API redirected more than {MAX_REDIRECTS} times; check {URL_VAR}.",
             retryable=False,
         )
 

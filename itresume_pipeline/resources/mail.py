@@ -20,7 +20,6 @@ import smtplib
 import ssl
 from email.message import EmailMessage
 from email.utils import formatdate, getaddresses, make_msgid
-from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource, EnvVar
@@ -35,17 +34,14 @@ SECURITY_MODES = ("starttls", "ssl", "none")
 DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 DEFAULT_FROM = "itresume-pipeline@localhost"
 
-#: Resource field -> environment variable, for `MailResource.from_settings`.
-ENV_FIELDS: dict[str, str] = {
-    "host": "ITRESUME_SMTP_HOST",
-    "port": "ITRESUME_SMTP_PORT",
-    "security": "ITRESUME_SMTP_SECURITY",
-    "user": "ITRESUME_SMTP_USER",
-    "password": "ITRESUME_SMTP_PASSWORD",
-    "ca_file": "ITRESUME_SMTP_CA_FILE",
-    "from_addr": "ITRESUME_ALERT_FROM",
-    "to_addrs": "ITRESUME_ALERT_TO",
-}
+HOST_VAR = "ITRESUME_SMTP_HOST"
+PORT_VAR = "ITRESUME_SMTP_PORT"
+SECURITY_VAR = "ITRESUME_SMTP_SECURITY"
+USER_VAR = "ITRESUME_SMTP_USER"
+PASSWORD_VAR = "ITRESUME_SMTP_PASSWORD"
+CA_FILE_VAR = "ITRESUME_SMTP_CA_FILE"
+FROM_VAR = "ITRESUME_ALERT_FROM"
+TO_VAR = "ITRESUME_ALERT_TO"
 
 
 class MailDeliveryError(RuntimeError):
@@ -60,67 +56,11 @@ class MailDeliveryError(RuntimeError):
         self.step = step
 
 
-HOST_VAR = ENV_FIELDS["host"]
-TO_VAR = ENV_FIELDS["to_addrs"]
-_MAX_PORT = 65535
-
-
 def _normalize_security(value: str) -> str:
     mode = value.strip().lower()
     if mode not in SECURITY_MODES:
         raise ValueError(f"security must be one of {', '.join(SECURITY_MODES)}; got {value!r}")
     return mode
-
-
-def _checked_security() -> str:
-    var = ENV_FIELDS["security"]
-    raw = settings.env(var, "starttls")
-    try:
-        return _normalize_security(raw)
-    except ValueError:
-        raise settings.SettingError(
-            f"{var}={raw!r} is not a security mode: use {', '.join(SECURITY_MODES)}"
-        ) from None
-
-
-def _checked_port() -> int:
-    var = ENV_FIELDS["port"]
-    port = settings.integer(var, 0, minimum=1)
-    if port > _MAX_PORT:
-        raise settings.SettingError(f"{var}={settings.env(var)!r} must be at most {_MAX_PORT}")
-    return port
-
-
-def _checked_addresses(field: str, *, single: bool = False) -> str:
-    """Comma-separated addresses, each ``local@domain`` (optionally ``Name <local@domain>``)."""
-    var = ENV_FIELDS[field]
-    raw = settings.env(var)
-    pieces = [piece.strip() for piece in raw.split(",") if piece.strip()]
-    if single and len(pieces) > 1:
-        raise settings.SettingError(f"{var}={raw!r} must be one address")
-    for piece in pieces:
-        parsed = getaddresses([piece])
-        address = parsed[0][1] if len(parsed) == 1 else ""
-        local, _, domain = address.rpartition("@")
-        if not (local and domain):
-            raise settings.SettingError(f"{var}={raw!r}: {piece!r} is not an e-mail address")
-    return raw
-
-
-def _checked_ca_file() -> str:
-    var = ENV_FIELDS["ca_file"]
-    raw = settings.env(var)
-    if raw and not Path(raw).expanduser().is_file():
-        raise settings.SettingError(f"{var}={raw!r} is not a readable file")
-    return raw
-
-
-def _checked_password() -> EnvVar | str:
-    """The password stays an `EnvVar`, resolved at use, so the Dagster UI never shows it."""
-    user_var, password_var = ENV_FIELDS["user"], ENV_FIELDS["password"]
-    if settings.env(user_var) and not settings.env(password_var):
-        settings.required(password_var, needed_for=f"SMTP login as {user_var}")
-    return EnvVar(password_var) if settings.env(password_var) else ""
 
 
 def _auth_tokens(user: str, password: str) -> list[str]:
@@ -178,29 +118,6 @@ class MailResource(ConfigurableResource):
         if isinstance(value, EnvVar) or not isinstance(value, str):
             return value
         return _normalize_security(value)
-
-    @classmethod
-    def from_settings(cls, **overrides: Any) -> MailResource:
-        """The resource from the ``ITRESUME_SMTP_*`` / ``ITRESUME_ALERT_*`` variables, checked now.
-
-        Called when the alerting code location loads, so a bad value (``SMTP_SECURITY=tls``, a
-        port of 0, a recipient without ``@``) stops the load with a `settings.SettingError`
-        naming the variable, which ``dagster definitions validate`` and the UI show, instead of
-        failing every sensor tick while runs carry on unwatched. A missing host or recipient is
-        not an error here: alerts then wait in the outbox and every tick says so.
-        """
-        kwargs: dict[str, Any] = {
-            "host": settings.env(HOST_VAR),
-            "port": _checked_port(),
-            "security": _checked_security(),
-            "user": settings.env(ENV_FIELDS["user"]),
-            "password": _checked_password(),
-            "ca_file": _checked_ca_file(),
-            "from_addr": _checked_addresses("from_addr", single=True) or DEFAULT_FROM,
-            "to_addrs": _checked_addresses("to_addrs"),
-        }
-        kwargs.update(overrides)
-        return cls(**kwargs)
 
     # -- derived settings ---------------------------------------------------------------------
 

@@ -1,10 +1,10 @@
 """The PostgreSQL warehouse: connections, versioned migrations and the per-day locks.
 
-psycopg 3 is used for its fast COPY. The warehouse is `ITRESUME_DATABASE_URL`, a libpq URI or
-keyword string, checked before any connection; only the local profile may start the embedded
-server instead. Connection failures are sorted by whether waiting can cure them: a refused or
-timed-out connection is retried (Dagster's RetryPolicy), a wrong password, role or database is
-not, and a malformed URL or schema is a `SettingError`.
+psycopg 3 is used for its fast COPY. The warehouse is `database_url` (ITRESUME_DATABASE_URL), a
+libpq URI or keyword string, checked before any connection; only the local profile may start the
+embedded server instead. Connection failures are sorted by whether waiting can cure them: a
+refused or timed-out connection is retried (Dagster's RetryPolicy), a wrong password, role or
+database is not, and a malformed URL or schema is a `SettingError`.
 
 Migrations run under an advisory lock, so concurrent first runs cannot race, and only when the
 schema is missing or older than `SCHEMA_VERSION`. The version is read from a table of its own,
@@ -114,11 +114,12 @@ class PostgresResource(ConfigurableResource):
 
     database_url: str = Field(
         default="",
-        description="libpq URI; empty: ITRESUME_DATABASE_URL, which is required outside the "
-        "local profile (there, the embedded PostgreSQL under $ITRESUME_HOME/pg).",
+        description=f"libpq URI, bound to {DATABASE_URL_VAR} (an EnvVar: it may carry a password); "
+        "empty: the embedded PostgreSQL under $ITRESUME_HOME/pg in the local profile, an error "
+        "naming the variable elsewhere.",
     )
     schema_name: str = Field(
-        default="", description="Schema for our tables; empty: ITRESUME_DB_SCHEMA, else itresume."
+        default=settings.DEFAULT_SCHEMA, description=f"Schema for our tables ({SCHEMA_VAR})."
     )
     connect_timeout_s: int = Field(default=10, ge=1)
 
@@ -163,7 +164,7 @@ class PostgresResource(ConfigurableResource):
     # -- internals ----------------------------------------------------------------------------
 
     def _schema(self) -> str:
-        name = self.schema_name or settings.env(SCHEMA_VAR, settings.DEFAULT_SCHEMA)
+        name = self.schema_name
         if not SCHEMA_NAME.match(name):
             raise WarehouseSettingError(
                 f"{SCHEMA_VAR}={name!r} is not a plain lowercase identifier "
@@ -172,11 +173,16 @@ class PostgresResource(ConfigurableResource):
         return name
 
     def _conninfo(self) -> str:
-        url = self.database_url or settings.env(DATABASE_URL_VAR)
+        url = self.database_url.strip()
         if url:
             return check_database_url(url)
-        # The local rig is loaded on demand; embedded_server_uri refuses outside the local profile.
-        from itresume_pipeline.local.embedded_postgres import embedded_server_uri
+        if not settings.is_local():
+            raise settings.missing(
+                DATABASE_URL_VAR,
+                needed_for=f"the PostgreSQL warehouse ({URL_FORM}); only {settings.PROFILE_VAR}="
+                f"{settings.LOCAL_PROFILE} starts an embedded server instead",
+            )
+        from itresume_pipeline.local.embedded_postgres import embedded_server_uri  # on demand
 
         return embedded_server_uri(settings.embedded_pg_dir())
 

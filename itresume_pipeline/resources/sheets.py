@@ -1,44 +1,41 @@
 """The report sheet: one row per day, upserted in date order with at most two write calls.
 
-``ITRESUME_SHEETS_BACKEND`` (``google`` or ``csv``) says where the report goes; three modes share
-one merge algorithm (:func:`plan_upsert`), so they behave the same:
+``ITRESUME_SHEETS_BACKEND`` (``google`` or ``csv``) says where the report goes. Every mode reads
+the sheet as one grid of cells and writes back one block of it, so all share the merge
+(:func:`plan_upsert`) and behave the same:
 
-* ``google``: the real Sheets API through gspread, authenticated with a service-account file;
-* ``emulator``: plain HTTP to ``SHEETS_EMULATOR_HOST`` (``itresume_pipeline.local.sheets_emulator``)
-  with no credentials, like Google's other ``*_EMULATOR_HOST`` conventions; it speaks Google's
-  protocol, so it stands in for the ``google`` backend;
-* ``local-csv``: the "sheet" is ``<local_dir>/<worksheet>.csv``, loudly flagged as such. It is
-  used when ``csv`` is asked for by name, or in the local profile when no Google Sheets setting is
-  given; outside the local profile a missing Google setting fails the run instead, since a report
-  quietly written to a file nobody reads is a silent failure.
+* ``google``: the Sheets API through gspread, authenticated with a service-account file;
+* ``emulator``: the same protocol over plain HTTP to ``SHEETS_EMULATOR_HOST``, no credentials;
+* ``local-csv``: ``<local_dir>/<worksheet>.csv``, loudly flagged. Used when ``csv`` is asked for
+  by name, or in the local profile when no Google Sheets setting is given; in production a
+  missing Google setting fails the run, since a report nobody reads is a silent failure.
 
-The sheet is edited by people, so nothing about its layout is trusted: the table is wherever its
-header row is (a title row above it, the table moved right), only the table's own cells are ever
-written, and a header that cannot be found unambiguously stops the run instead of a guess.
+People edit the sheet, so its layout is not trusted: the table is wherever its header row is,
+only the table's own cells are written, and a header that cannot be found unambiguously stops
+the run instead of a guess.
 
-gspread is driven without monkeypatching: ``gspread.Client`` is given the requests session and
-the client class. The session carries urllib3's ``Retry`` (``itresume_pipeline.retrying``), the
-same as the API client's: bounded, unlike gspread 6.2.1's ``BackOffHTTPClient``, which never
-gives up. The token endpoint's session retries only broken connections, since google-auth
-retries its 408, 429, 500, 503 and 504 answers itself.
+gspread is given the requests session, which carries the bounded urllib3 ``Retry`` of
+``itresume_pipeline.retrying`` (gspread 6.2.1's ``BackOffHTTPClient`` never gives up). The token
+session retries only broken connections: google-auth retries its own 408/429/5xx answers.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from numbers import Integral
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -48,7 +45,7 @@ import requests
 from dagster import ConfigurableResource, Failure
 from gspread.exceptions import APIError
 from gspread.http_client import HTTPClient
-from gspread.utils import absolute_range_name
+from gspread.utils import absolute_range_name, rowcol_to_a1
 from pydantic import Field
 from urllib3.exceptions import MaxRetryError
 
@@ -79,27 +76,16 @@ _DOTTED_DATE = re.compile(r"(\d{1,2})\.(\d{1,2})\.(\d{4})")  # 03.08.2024: day.m
 _FOUND_CELLS = 6  # how many cells of a row an error message quotes
 
 
-# ============================================================================================
-# Errors and results
-# ============================================================================================
-
-
 class SheetsError(Failure):
-    """A Sheets failure with a message fit for operators: never a key, a token or a secret.
-
-    A `Failure` without step retries: the client has already retried whatever a retry could
-    fix, so a step retry would only multiply the attempts.
-    """
+    """A Sheets failure fit for operators (never a key or a token), without step retries: the
+    client has already retried what a retry could fix."""
 
     def __init__(self, message: str) -> None:
         Failure.__init__(self, description=message, allow_retries=False)
 
 
 class SheetsConfigError(SheetsError, settings.SettingError, ValueError):
-    """The sheet is configured wrongly (a missing variable, an unreadable credentials file...).
-
-    A `SettingError`, so the run fails at once: no retry fixes a deployment's settings.
-    """
+    """The sheet is configured wrongly; a `SettingError`, since no retry fixes a setting."""
 
 
 class SheetsLayoutError(SheetsError):
@@ -125,117 +111,44 @@ class SheetsRetryError(SheetsError):
 
 @dataclass(frozen=True)
 class UpsertResult:
-    """What an upsert did, for the asset's metadata.
-
-    ``row_numbers`` are 1-based sheet rows of the upserted dates after the write (row 2 when the
-    header is row 1, lower when a person moved the table down); ``values`` are those rows' cells
-    in ``header`` order; ``write_calls`` counts the API write calls made (0 when the sheet already
-    held these values).
-    """
+    """What an upsert did: ``row_numbers`` are the upserted dates' 1-based sheet rows after the
+    write, ``values`` those rows' cells, ``write_calls`` 0 when the sheet already held them."""
 
     url: str
     mode: str
     worksheet: str
-    header: list[str]
     row_numbers: dict[str, int]
     values: dict[str, list[Cell]]
     write_calls: int
-    written_range: str | None = None
-    duplicates_collapsed: int = 0
-    created_worksheet: bool = False
+    written_range: str | None
+    duplicates_collapsed: int
+    created_worksheet: bool
 
     @property
     def changed(self) -> bool:
         return self.write_calls > 0
 
 
-# ============================================================================================
-# Pure merge logic, shared by every backend
-# ============================================================================================
-
-
-@dataclass(frozen=True)
-class TableSpot:
-    """Where the table sits in its worksheet (0-based): header row, first column, width."""
-
-    row: int = 0
-    col: int = 0
-    width: int = 0  # columns the table spans now; 0 for a sheet with no table yet
-
-    def cut(self, grid: list[list[Cell]]) -> list[list[Cell]]:
-        """The table's own cells: rows from the header down, only the table's columns."""
-        return [list(r[self.col : self.col + self.width]) for r in grid[self.row :]]
-
-
-@dataclass
-class UpsertPlan:
-    """The full desired table and the one contiguous block of rows that must be rewritten.
-
-    ``grid`` and the row indexes are relative to the table; ``spot`` places it in the sheet.
-    """
-
-    header: list[str]
-    grid: list[list[Cell]]  # header row + data rows, every row len(header) wide
-    first_changed: int | None  # 0-based index of the first row that differs; None: no change
-    block_end: int  # exclusive end of the rows that differ; past len(grid) they are blanked
-    row_numbers: dict[str, int]
-    values: dict[str, list[Cell]]
-    duplicates_collapsed: int = 0
-    dropped_blank_rows: int = 0
-    undated_rows: int = 0
-    spot: TableSpot = field(default_factory=TableSpot)
-
-    @property
-    def changed(self) -> bool:
-        return self.first_changed is not None
-
-    def splice(self, sheet: list[list[Cell]]) -> list[list[Cell]]:
-        """The whole sheet after the write: the block in the table's cells, the rest untouched."""
-        out = [list(r) for r in sheet]
-        if self.first_changed is None:
-            return out
-        col = self.spot.col
-        for i, cells in enumerate(self.block(), start=self.spot.row + self.first_changed):
-            out += [[] for _ in range(i + 1 - len(out))]
-            out[i] += [""] * (col + len(cells) - len(out[i]))
-            out[i][col : col + len(cells)] = cells
-        return _trim(out)
-
-    def block(self) -> list[list[Cell]]:
-        """Rows to write from ``first_changed``, blanks included so stale cells get cleared."""
-        if self.first_changed is None:
-            return []
-        blank = [""] * len(self.header)
-        return [
-            self.grid[i] if i < len(self.grid) else list(blank)
-            for i in range(self.first_changed, self.block_end)
-        ]
+# Cells ----------------------------------------------------------------------------------------
 
 
 def iso_date(value: Any) -> str | None:
-    """An ISO date string for a cell, or None.
+    """The ISO date a cell means, or None.
 
-    A date a person typed may come back as ISO text, as ``03.08.2024`` text (day first, as a
-    Russian locale writes it), or as a real date, which the API returns as a serial number under
-    ``UNFORMATTED_VALUE``: all three are the same day, so the upsert finds that day's row.
+    A typed date comes back as ISO text, as ``03.08.2024`` text (day first, as a Russian locale
+    writes it), or as a serial number (a real date under ``UNFORMATTED_VALUE``): the same day.
     """
     if isinstance(value, datetime):
         return value.date().isoformat()
     if isinstance(value, date):
         return value.isoformat()
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         if 20_000 <= value < 2_958_466:  # 1954-10-03 .. 9999-12-31: smaller numbers are not dates
             return (_SHEETS_EPOCH + timedelta(days=int(value))).isoformat()
         return None
-    if isinstance(value, str):
-        return _text_date(value.strip())
-    return None
-
-
-def _text_date(text: str) -> str | None:
-    """ISO text (a time after the date is ignored) or ``DD.MM.YYYY``; anything else is no date."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
     dotted = _DOTTED_DATE.fullmatch(text)
     try:
         if dotted:
@@ -247,21 +160,16 @@ def _text_date(text: str) -> str | None:
 
 
 def as_int(value: Any) -> int | None:
-    """An int for a cell holding a whole number (``5``, ``5.0``, ``"1,234"``), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else None
+    """An int for a whole number (``5``, ``5.0``, ``Decimal(5)``, text ``"1,234"``), else None."""
     if isinstance(value, str):
         text = value.strip().replace(",", "").replace("\u00a0", "").replace(" ", "")
-        if re.fullmatch(r"[+-]?\d+", text):
-            return int(text)
         with contextlib.suppress(ValueError):
-            number = float(text)
-            if number.is_integer():
-                return int(number)
+            value = int(text) if re.fullmatch(r"[+-]?\d+", text) else float(text)
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        return None
+    with contextlib.suppress(ValueError, OverflowError):  # nan, inf
+        if value == int(value):
+            return int(value)
     return None
 
 
@@ -269,53 +177,57 @@ def _canon(cell: Cell) -> Cell:
     """Compare cells by value and type, but 5 == 5.0 and None == ""."""
     if cell is None:
         return ""
-    if isinstance(cell, float) and cell.is_integer():
-        return int(cell)
-    return cell
+    return int(cell) if isinstance(cell, float) and cell.is_integer() else cell
 
 
-def _is_blank(row: Sequence[Cell]) -> bool:
-    return all(_canon(c) == "" for c in row)
+def _cells(row: Sequence[Cell]) -> list[Cell]:
+    """A row as compared: canonical cells without the blank tail the API leaves out."""
+    cells = [_canon(c) for c in row]
+    while cells and cells[-1] == "":
+        cells.pop()
+    return cells
 
 
-def _input_date(value: Any) -> str | None:
-    """Dates we are given must be real dates or ISO strings: no serial numbers, no guessing."""
-    if isinstance(value, date):
-        return iso_date(value)
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return datetime.fromisoformat(value.strip()).date().isoformat()
-    return None
+def _trim(grid: list[list[Cell]]) -> list[list[Cell]]:
+    """Drop trailing blank rows, like the API does, so a stale tail is not mistaken for data."""
+    rows = list(grid)
+    while rows and not _cells(rows[-1]):
+        rows.pop()
+    return rows
 
 
-def _input_int(value: Any) -> int | None:
-    """Counters must be whole numbers (psycopg may hand us Decimal for numeric sums)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, Integral):
-        return int(value)
-    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
-        return int(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
+def _put(grid: list[list[Cell]], top: int, left: int, block: list[list[Cell]]) -> list[list[Cell]]:
+    """A copy of ``grid`` with ``block`` written at (top, left), as a values write does."""
+    out = [list(r) for r in grid]
+    for i, cells in enumerate(block, start=top):
+        out += [[] for _ in range(i + 1 - len(out))]
+        out[i] += [""] * (left + len(cells) - len(out[i]))
+        out[i][left : left + len(cells)] = cells
+    return _trim(out)
 
 
 def _input_cell(value: Any) -> Cell:
-    """Extra columns: JSON-safe cell values (the API takes bool, number and string)."""
+    """Extra columns as JSON-safe cells (the API takes bool, number and string)."""
     if value is None:
         return ""
-    if isinstance(value, bool | int | float | str):
-        return value
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        return float(value) if as_int(value) is None else as_int(value)
     if isinstance(value, date):
         return value.isoformat()
-    return str(value)
+    return value if isinstance(value, bool | int | float | str) else str(value)
+
+
+def _input_date(value: Any) -> str | None:
+    """A real date or ISO text: never a serial number or a guess."""
+    if isinstance(value, date):
+        return iso_date(value)
+    with contextlib.suppress(ValueError, AttributeError):
+        return datetime.fromisoformat(value.strip()).date().isoformat()
+    return None
 
 
 def _normalize_input(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Cell]]:
-    """Validate the caller's rows: ISO dates, ints for the fixed counters, no duplicate dates."""
+    """The caller's rows checked: ISO dates, whole numbers for the counters, no date twice."""
     out: dict[str, dict[str, Cell]] = {}
     for i, row in enumerate(rows):
         day = _input_date(row.get("date"))
@@ -323,26 +235,39 @@ def _normalize_input(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, C
             raise ValueError(f"row {i}: 'date' must be an ISO date, got {row.get('date')!r}")
         if day in out:
             raise ValueError(f"row {i}: date {day} appears twice in the rows to upsert")
-        clean: dict[str, Cell] = {"date": day}
+        out[day] = {"date": day}
         for name in INT_COLUMNS:
-            number = _input_int(row.get(name))
-            if number is None:
-                raise ValueError(f"row {i} ({day}): {name!r} must be an int, got {row.get(name)!r}")
-            clean[name] = number
-        for name, value in row.items():
-            if name not in FIXED_COLUMNS:
-                clean[str(name)] = _input_cell(value)
-        out[day] = clean
+            value = row.get(name)
+            out[day][name] = None if isinstance(value, str) else as_int(value)
+            if out[day][name] is None:
+                raise ValueError(f"row {i} ({day}): {name!r} must be an int, got {value!r}")
+        out[day] |= {str(k): _input_cell(v) for k, v in row.items() if k not in FIXED_COLUMNS}
     return out
 
 
-def _header_name(cell: Cell) -> str:
-    return "" if cell is None else str(cell).strip()
+# The table inside a worksheet, and the merge every backend shares ------------------------------
 
 
-def _is_header(row: Sequence[Cell]) -> bool:
-    """A row naming all four fixed columns (in any order, any case) is the table's header."""
-    return set(FIXED_COLUMNS) <= {_header_name(c).lower() for c in row}
+@dataclass(frozen=True)
+class TableSpot:
+    """Where the table sits in its worksheet (0-based): header row, first column, width."""
+
+    row: int = 0
+    col: int = 0
+    width: int = 0  # columns the table spans now; 0 for a sheet with no table yet
+    headed: bool = False  # False: no header row, the fixed columns are taken by position
+
+    def cut(self, grid: list[list[Cell]]) -> list[list[Cell]]:
+        """The table's own cells: rows from the header down, only the table's columns."""
+        return [list(r[self.col : self.col + self.width]) for r in grid[self.row :]]
+
+
+def _names(row: Sequence[Cell]) -> list[str]:
+    return ["" if c is None else str(c).strip() for c in row]
+
+
+def _lower(row: Sequence[Cell]) -> list[str]:
+    return [name.lower() for name in _names(row)]
 
 
 def _starts_with_date(row: Sequence[Cell]) -> bool:
@@ -352,29 +277,22 @@ def _starts_with_date(row: Sequence[Cell]) -> bool:
 
 def _quote_row(number: int, row: Sequence[Cell]) -> str:
     """What a row holds, for an error message: the sheet's own words, a few cells of them."""
-    cells = _trim_cells(row)
+    cells = _cells(row)
     more = ", ..." if len(cells) > _FOUND_CELLS else ""
     return f"row {number} holds {', '.join(repr(c) for c in cells[:_FOUND_CELLS])}{more}"
-
-
-def _trim_cells(row: Sequence[Cell]) -> list[Cell]:
-    cells = [_canon(c) for c in row]
-    while cells and cells[-1] == "":
-        cells.pop()
-    return cells
 
 
 def locate_table(grid: list[list[Cell]], worksheet: str) -> TableSpot:
     """Find the table wherever a person moved it, or raise rather than write somewhere else.
 
-    The header is the one row naming the four fixed columns; the table spans the run of
-    non-blank header cells around them (hand-added columns included) and every row below.
-    A sheet with no header at all is accepted only when its data starts at A1 with a date.
+    The header is the one row naming the four fixed columns (any order, any case); the table
+    spans the run of non-blank header cells around them (hand-added columns included) and every
+    row below. A sheet with no header is accepted only when its data starts at A1 with a date.
     """
     rows = _trim(grid)
     if not rows:
         return TableSpot()
-    headers = [i for i, row in enumerate(rows) if _is_header(row)]
+    headers = [i for i, row in enumerate(rows) if set(FIXED_COLUMNS) <= set(_lower(row))]
     expected = " | ".join(FIXED_COLUMNS)
     if len(headers) > 1:
         found = "; ".join(_quote_row(i + 1, rows[i]) for i in headers[:3])
@@ -382,29 +300,24 @@ def locate_table(grid: list[list[Cell]], worksheet: str) -> TableSpot:
             f"worksheet {worksheet!r} has {len(headers)} header rows ({expected}), so which table "
             f"is the report is ambiguous: {found}. Keep one header row and delete the others"
         )
-    if headers:
-        return _header_span(rows[headers[0]], headers[0], worksheet)
-    if _starts_with_date(rows[0]):
+    if not headers and _starts_with_date(rows[0]):
         return TableSpot(0, 0, max(len(r) for r in rows))
-    first = next(i for i, row in enumerate(rows) if not _is_blank(row))
-    raise SheetsLayoutError(
-        f"worksheet {worksheet!r} has no header row ({expected}); its first non-empty "
-        f"{_quote_row(first + 1, rows[first])}. Restore the header row above the data, or "
-        f"clear the worksheet to let the next run rebuild it"
-    )
-
-
-def _header_span(row: Sequence[Cell], index: int, worksheet: str) -> TableSpot:
-    """The columns of the header row's table: the run of named cells around the fixed four."""
-    names = [_header_name(c) for c in row]
-    columns: list[int] = []
+    if not headers:
+        first = next(i for i, row in enumerate(rows) if _cells(row))
+        raise SheetsLayoutError(
+            f"worksheet {worksheet!r} has no header row ({expected}); its first non-empty "
+            f"{_quote_row(first + 1, rows[first])}. Restore the header row above the data, or "
+            f"clear the worksheet to let the next run rebuild it"
+        )
+    index, names = headers[0], _names(rows[headers[0]])
+    columns = []
     for name in FIXED_COLUMNS:
-        where = [j for j, text in enumerate(names) if text.lower() == name]
+        where = [j for j, text in enumerate(_lower(names)) if text == name]
         if len(where) > 1:
+            letters = ", ".join(rowcol_to_a1(1, j + 1)[:-1] for j in where)  # "E1" -> "E"
             raise SheetsLayoutError(
                 f"worksheet {worksheet!r}: the header in row {index + 1} names {name!r} "
-                f"{len(where)} times (columns {', '.join(_a1_col(j) for j in where)}), so which "
-                f"column holds it is ambiguous"
+                f"{len(where)} times (columns {letters}), so which column holds it is ambiguous"
             )
         columns += where
     start, end = min(columns), max(columns) + 1
@@ -412,69 +325,103 @@ def _header_span(row: Sequence[Cell], index: int, worksheet: str) -> TableSpot:
         start -= 1
     while end < len(names) and names[end]:
         end += 1
-    return TableSpot(index, start, end - start)
+    return TableSpot(index, start, end - start, headed=True)
 
 
-def _header_mapping(
-    existing: list[list[Cell]],
-) -> tuple[list[str], dict[int, int], int]:
-    """New header, old column -> new column, and the index of the first data row.
+@dataclass
+class Table:
+    """A worksheet's table as read: its cells, and its rows re-laid in the writer's column order
+    (the fixed four first, other columns after in their old order, so hand-added ones survive)."""
 
-    ``existing`` is the table alone (see :func:`locate_table`). Columns are matched by
-    (case-insensitive) header name; the fixed four come first in their fixed order and every
-    other column follows in its old order, so hand-added columns survive. A table whose first
-    row already holds a date has no header: its columns are taken positionally.
-    """
-    width = max((len(r) for r in existing), default=0)
-    if not existing:
-        old_header: list[str] = []
-        data_start = 0
-    elif _starts_with_date(existing[0]):
-        old_header, data_start = list(FIXED_COLUMNS), 0
-    else:
-        old_header = [_header_name(c) for c in existing[0]]
-        data_start = 1
-    old_header += [""] * (width - len(old_header))
-    header = list(FIXED_COLUMNS)
-    mapping: dict[int, int] = {}
-    for i, name in enumerate(old_header):
-        fixed = name.lower()
-        if fixed in FIXED_COLUMNS and FIXED_COLUMNS.index(fixed) not in mapping.values():
-            mapping[i] = FIXED_COLUMNS.index(fixed)
+    spot: TableSpot
+    cells: list[list[Cell]]
+    header: list[str]
+    dated: dict[str, list[Cell]]  # the first row of each date; later ones are duplicates
+    undated: list[list[Cell]]
+    duplicates: int = 0
+    blanks: int = 0
+
+
+def read_table(grid: list[list[Cell]], worksheet: str) -> Table:
+    """The table in a worksheet's cells, its columns matched by header name in any case."""
+    grid = _trim(grid)
+    spot = locate_table(grid, worksheet)
+    cells = spot.cut(grid)
+    names = _names(cells[0]) if spot.headed else list(FIXED_COLUMNS)
+    names += [""] * (max(map(len, cells), default=0) - len(names))
+    header, mapping = list(FIXED_COLUMNS), []
+    for name in names:
+        if name.lower() in FIXED_COLUMNS:
+            mapping.append(FIXED_COLUMNS.index(name.lower()))
         else:
-            mapping[i] = len(header)
+            mapping.append(len(header))
             header.append(name)
-    return header, mapping, data_start
-
-
-def _existing_records(
-    existing: list[list[Cell]], header: list[str], mapping: dict[int, int], data_start: int
-) -> tuple[dict[str, list[Cell]], list[list[Cell]], int, int]:
-    """Existing data rows re-laid in the new header order, keyed by date (first one wins)."""
-    date_col = next((old for old, new in mapping.items() if new == 0), None)
-    dated: dict[str, list[Cell]] = {}
-    undated: list[list[Cell]] = []
-    duplicates = blanks = 0
-    for raw in existing[data_start:]:
-        if _is_blank(raw):
-            blanks += 1
+    table = Table(spot, cells, header, {}, [])
+    for raw in cells[1 if spot.headed else 0 :]:
+        if not _cells(raw):
+            table.blanks += 1
             continue
         row: list[Cell] = [""] * len(header)
         for old, cell in enumerate(raw):
             row[mapping[old]] = _canon(cell)
-        for name in INT_COLUMNS:  # keep counters numeric when a row only moves
-            col = FIXED_COLUMNS.index(name)
-            number = as_int(row[col])
-            row[col] = row[col] if number is None else number
-        day = iso_date(raw[date_col]) if date_col is not None and date_col < len(raw) else None
+        row[1:4] = [c if (n := as_int(c)) is None else n for c in row[1:4]]  # counters stay typed
+        day = iso_date(row[0])
         if day is None:
-            undated.append(row)
-        elif day in dated:
-            duplicates += 1
+            table.undated.append(row)
+        elif day in table.dated:
+            table.duplicates += 1
         else:
-            row[0] = day
-            dated[day] = row
-    return dated, undated, duplicates, blanks
+            table.dated[day] = [day, *row[1:]]
+    return table
+
+
+def rows_from_grid(
+    grid: list[list[Cell]], *, worksheet: str = DEFAULT_WORKSHEET
+) -> dict[str, dict[str, Cell]]:
+    """Date -> {column: value}, counters as ints (None when blank), read the way the writer
+    reads, so a check built on it cannot pass on a table the writer would refuse."""
+    table = read_table(grid, worksheet)
+    return {
+        day: {
+            name: None if cell == "" and name in INT_COLUMNS else cell
+            for name, cell in zip(table.header[1:], row[1:], strict=True)
+            if name
+        }
+        for day, row in table.dated.items()
+    }
+
+
+@dataclass
+class UpsertPlan:
+    """The desired table and the one contiguous block of its rows that must be rewritten;
+    ``grid`` and the row indexes are relative to the table, ``table.spot`` places it."""
+
+    table: Table
+    grid: list[list[Cell]]  # header row + data rows, all as wide as the header
+    first_changed: int | None  # 0-based index of the first row that differs; None: no change
+    block_end: int  # exclusive end of the rows that differ; past len(grid) they are blanked
+    row_numbers: dict[str, int]
+    values: dict[str, list[Cell]]
+
+    @property
+    def spot(self) -> TableSpot:
+        return self.table.spot
+
+    def block(self) -> list[list[Cell]]:
+        """Rows to write from ``first_changed``, blanks included so stale cells get cleared."""
+        if self.first_changed is None:
+            return []
+        blank = [""] * len(self.grid[0])
+        return [
+            self.grid[i] if i < len(self.grid) else list(blank)
+            for i in range(self.first_changed, self.block_end)
+        ]
+
+    def splice(self, sheet: list[list[Cell]]) -> list[list[Cell]]:
+        """The whole sheet after the write: the block in the table's cells, the rest untouched."""
+        if self.first_changed is None:
+            return [list(r) for r in sheet]
+        return _put(sheet, self.spot.row + self.first_changed, self.spot.col, self.block())
 
 
 def plan_upsert(
@@ -483,106 +430,39 @@ def plan_upsert(
     *,
     worksheet: str = DEFAULT_WORKSHEET,
 ) -> UpsertPlan:
-    """Merge ``rows`` into a sheet's current cells.
+    """Merge ``rows`` into a sheet's cells; the table keeps its place in the sheet.
 
-    The table keeps its place in the sheet. The result has the fixed header, one row per date in
-    ascending order (duplicates collapsed, blank rows dropped, rows without a date kept at the
-    bottom), and the upserted dates' values replacing whatever was there, extra cells of those
-    rows kept. Only the rows between the first and the last difference are rewritten, so a re-run
-    with the same values writes nothing.
+    The result has the fixed header, one row per date ascending (duplicates collapsed, blank rows
+    dropped, undated rows kept at the bottom), the upserted dates' values replacing what was
+    there, other cells of those rows kept. Only the rows from the first to the last difference
+    are rewritten, so a rerun with the same values writes nothing.
     """
     incoming = _normalize_input(rows)
-    spot = locate_table(existing, worksheet)
-    table = spot.cut(_trim(existing))
-    header, mapping, data_start = _header_mapping(table)
-    for row in incoming.values():
-        for name in row:
-            if name not in header:
-                header.append(name)
-    dated, undated, duplicates, blanks = _existing_records(table, header, mapping, data_start)
+    table = read_table(existing, worksheet)
+    names = dict.fromkeys(name for row in incoming.values() for name in row)
+    header = table.header + [name for name in names if name not in table.header]
+    width = len(header)
+    dated = {day: row + [""] * (width - len(row)) for day, row in table.dated.items()}
     for day, values in incoming.items():
-        row = dated.get(day, [""] * len(header))
-        row += [""] * (len(header) - len(row))
+        row = dated.setdefault(day, [""] * width)
         for name, value in values.items():
             row[header.index(name)] = value
-        dated[day] = row
-    width = len(header)
-    body = [dated[d] + [""] * (width - len(dated[d])) for d in sorted(dated)]
-    body += [r + [""] * (width - len(r)) for r in undated]
-    grid = [list(header), *body]
-    first, last = _changed_span(table, grid)
-    order = {r[0]: i for i, r in enumerate(grid) if i > 0}
+    body = [dated[day] for day in sorted(dated)]
+    grid = [header, *body, *(row + [""] * (width - len(row)) for row in table.undated)]
+    pairs = itertools.zip_longest(table.cells, grid, fillvalue=[])
+    changed = [i for i, (old, new) in enumerate(pairs) if _cells(old) != _cells(new)]
+    order = {row[0]: i for i, row in enumerate(body, start=1)}
     return UpsertPlan(
-        header=header,
+        table=table,
         grid=grid,
-        first_changed=first,
-        block_end=last,
-        row_numbers={d: spot.row + order[d] + 1 for d in sorted(incoming)},
-        values={d: grid[order[d]] for d in sorted(incoming)},
-        duplicates_collapsed=duplicates,
-        dropped_blank_rows=blanks,
-        undated_rows=len(undated),
-        spot=spot,
+        first_changed=changed[0] if changed else None,
+        block_end=changed[-1] + 1 if changed else 0,
+        row_numbers={day: table.spot.row + order[day] + 1 for day in sorted(incoming)},
+        values={day: grid[order[day]] for day in sorted(incoming)},
     )
 
 
-def _changed_span(old: list[list[Cell]], new: list[list[Cell]]) -> tuple[int | None, int]:
-    """[first, last) row indexes where the sheet differs from the plan; (None, 0) when equal."""
-    changed = [i for i in range(max(len(old), len(new))) if not _same_row(old, new, i)]
-    return (changed[0], changed[-1] + 1) if changed else (None, 0)
-
-
-def _same_row(old: list[list[Cell]], new: list[list[Cell]], i: int) -> bool:
-    a = old[i] if i < len(old) else []
-    b = new[i] if i < len(new) else []
-    width = max(len(a), len(b))
-    return [_canon(c) for c in a] + [""] * (width - len(a)) == [_canon(c) for c in b] + [""] * (
-        width - len(b)
-    )
-
-
-def _trim(grid: list[list[Cell]]) -> list[list[Cell]]:
-    """Drop trailing blank rows, like the API does, so a stale tail is not mistaken for data."""
-    rows = list(grid)
-    while rows and _is_blank(rows[-1]):
-        rows.pop()
-    return rows
-
-
-def rows_from_grid(
-    grid: list[list[Cell]], *, worksheet: str = DEFAULT_WORKSHEET
-) -> dict[str, dict[str, Cell]]:
-    """Date -> {column: value} for a sheet's cells; counters as ints (None when blank).
-
-    The table is located as the writer locates it, so a sheet the writer would refuse is refused
-    here too, and a check built on this cannot pass on a table it did not find.
-    """
-    table = locate_table(grid, worksheet).cut(_trim(grid))
-    header, mapping, data_start = _header_mapping(table)
-    dated, _, _, _ = _existing_records(table, header, mapping, data_start)
-    out: dict[str, dict[str, Cell]] = {}
-    for day, row in dated.items():
-        values: dict[str, Cell] = {}
-        for i, name in enumerate(header[1:], start=1):
-            if not name:
-                continue
-            cell = row[i] if i < len(row) else ""
-            values[name] = (None if cell == "" else cell) if name in INT_COLUMNS else cell
-        out[day] = values
-    return out
-
-
-def _a1_col(index: int) -> str:
-    out, n = "", index + 1
-    while n:
-        n, rem = divmod(n - 1, 26)
-        out = chr(65 + rem) + out
-    return out
-
-
-# ============================================================================================
-# gspread's HTTP client, pointed at another API root
-# ============================================================================================
+# Backends: one grid each, read whole and written one block at a time -------------------------
 
 
 class RootedHTTPClient(HTTPClient):
@@ -599,274 +479,170 @@ class RootedHTTPClient(HTTPClient):
         return super().request(method, endpoint, *args, **kwargs)
 
 
-# ============================================================================================
-# Backends
-# ============================================================================================
-
-
-@dataclass(frozen=True)
-class _WriteOutcome:
-    url: str
-    write_calls: int
-    written_range: str | None
-    created: bool
-
-
 class _ApiSheet:
-    """One worksheet over the Sheets API (real Google or the emulator)."""
+    """One worksheet over the Sheets API (Google or the emulator)."""
 
     def __init__(self, http: HTTPClient, spreadsheet_id: str, title: str, who: str) -> None:
-        self.http = http
-        self.spreadsheet_id = spreadsheet_id
-        self.title = title
+        self.http, self.spreadsheet_id, self.title = http, spreadsheet_id, title
         self.who = who  # who must have access, for error messages
-        self.properties: dict[str, Any] | None = None
+        self.properties: dict[str, Any] | None = None  # the worksheet's, once read
+
+    def exists(self) -> bool:
+        return self.properties is not None
 
     def url(self) -> str:
         gid = "" if self.properties is None else f"#gid={self.properties['sheetId']}"
         return f"https://docs.google.com/spreadsheets/d/{self.spreadsheet_id}/edit{gid}"
 
     def read(self) -> list[list[Cell]]:
-        """Locate the worksheet, then read its cells once, typed: numbers as numbers and a real
-        date as its serial number (UNFORMATTED_VALUE, SERIAL_NUMBER), not as locale text."""
-        meta = self._metadata()
-        self.properties = next(
-            (
-                s["properties"]
-                for s in meta.get("sheets", [])
-                if s["properties"]["title"] == self.title
-            ),
-            None,
-        )
+        """The worksheet's cells, typed: numbers as numbers, a real date as its serial number
+        (UNFORMATTED_VALUE, SERIAL_NUMBER), never as locale text."""
+        meta = self.http.fetch_sheet_metadata(self.spreadsheet_id)
+        found = [s["properties"] for s in meta.get("sheets", [])]
+        self.properties = next((p for p in found if p["title"] == self.title), None)
         if self.properties is None:
             return []
-        answer = self.http.values_get(
-            self.spreadsheet_id,
-            absolute_range_name(self.title),
-            params={
-                "valueRenderOption": "UNFORMATTED_VALUE",
-                "dateTimeRenderOption": "SERIAL_NUMBER",
-                "majorDimension": "ROWS",
-            },
-        )
-        return answer.get("values", [])
+        params = {"valueRenderOption": "UNFORMATTED_VALUE", "dateTimeRenderOption": "SERIAL_NUMBER"}
+        name = absolute_range_name(self.title)
+        return self.http.values_get(self.spreadsheet_id, name, params=params).get("values", [])
 
-    def write(self, plan: UpsertPlan) -> _WriteOutcome:
-        """At most two calls: one structural batchUpdate (add or grow the sheet), one values PUT
-        confined to the table's own columns and rows."""
-        if not plan.changed:
-            return _WriteOutcome(self.url(), 0, None, False)
-        assert plan.first_changed is not None
-        spot = plan.spot
-        rows_needed, cols_needed = spot.row + plan.block_end, spot.col + len(plan.header)
-        calls, created = 0, self.properties is None
-        structural = self._structural_requests(rows_needed, cols_needed)
+    def write(self, top: int, left: int, block: list[list[Cell]]) -> tuple[int, str]:
+        """At most two calls: one batchUpdate adding or growing the worksheet, one values PUT of
+        the block alone. Returns the calls made and the range written."""
+        bottom, right = top + len(block), left + len(block[0])
+        structural = self._structural_requests(bottom, right)
         if structural:
             reply = self.http.batch_update(self.spreadsheet_id, {"requests": structural})
-            calls += 1
-            if created:
+            if self.properties is None:
                 self.properties = reply["replies"][0]["addSheet"]["properties"]
-        block = plan.block()
-        start = spot.row + plan.first_changed + 1
-        a1 = f"{_a1_col(spot.col)}{start}:{_a1_col(cols_needed - 1)}{start + len(block) - 1}"
+        corners = f"{rowcol_to_a1(top + 1, left + 1)}:{rowcol_to_a1(bottom, right)}"
+        written = absolute_range_name(self.title, corners)
         self.http.values_update(
-            self.spreadsheet_id,
-            absolute_range_name(self.title, a1),
-            params={"valueInputOption": "RAW"},
-            body={"values": block, "majorDimension": "ROWS"},
+            self.spreadsheet_id, written, params={"valueInputOption": "RAW"}, body={"values": block}
         )
-        calls += 1
-        return _WriteOutcome(self.url(), calls, absolute_range_name(self.title, a1), created)
+        return 1 + bool(structural), written
 
     def _structural_requests(self, rows: int, cols: int) -> list[dict[str, Any]]:
         if self.properties is None:
-            props = {
-                "title": self.title,
-                "gridProperties": {
-                    "rowCount": max(1000, rows + _GRID_HEADROOM_ROWS),
-                    "columnCount": max(26, cols),
-                    "frozenRowCount": 1,
-                },
+            grid = {
+                "rowCount": max(1000, rows + _GRID_HEADROOM_ROWS),
+                "columnCount": max(26, cols),
+                "frozenRowCount": 1,
             }
-            return [{"addSheet": {"properties": props}}]
-        grid = self.properties.get("gridProperties", {})
-        sheet_id = self.properties["sheetId"]
-        out = []
-        if rows > grid.get("rowCount", 0):
-            grow = rows - grid.get("rowCount", 0) + _GRID_HEADROOM_ROWS
-            out.append(
-                {"appendDimension": {"sheetId": sheet_id, "dimension": "ROWS", "length": grow}}
-            )
-        if cols > grid.get("columnCount", 0):
-            grow = cols - grid.get("columnCount", 0)
-            out.append(
-                {"appendDimension": {"sheetId": sheet_id, "dimension": "COLUMNS", "length": grow}}
-            )
-        return out
-
-    def _metadata(self) -> dict[str, Any]:
-        try:
-            return self.http.fetch_sheet_metadata(self.spreadsheet_id)
-        except APIError as exc:
-            status = exc.response.status_code
-            if status == 404:
-                raise SheetsError(
-                    f"spreadsheet {self.spreadsheet_id!r} was not found (404): check "
-                    f"{ENV_SPREADSHEET_ID} and that the spreadsheet is shared with {self.who}"
-                ) from None
-            if status in (401, 403):
-                raise SheetsError(
-                    f"access to spreadsheet {self.spreadsheet_id!r} was refused ({status}): "
-                    f"share it with {self.who} as an editor"
-                ) from None
-            raise
+            return [{"addSheet": {"properties": {"title": self.title, "gridProperties": grid}}}]
+        size, sheet_id = self.properties.get("gridProperties", {}), self.properties["sheetId"]
+        short_rows = rows - size.get("rowCount", 0)
+        short_cols = cols - size.get("columnCount", 0)
+        grow = [("ROWS", short_rows + _GRID_HEADROOM_ROWS)] if short_rows > 0 else []
+        grow += [("COLUMNS", short_cols)] if short_cols > 0 else []
+        return [
+            {"appendDimension": {"sheetId": sheet_id, "dimension": d, "length": n}} for d, n in grow
+        ]
 
 
 class _CsvSheet:
     """The local stand-in: a CSV file rewritten atomically (temp file + ``os.replace``)."""
 
+    who = ""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.cells: list[list[Cell]] = []  # as last read: the cells outside the table survive
+
+    def exists(self) -> bool:
+        return self.path.exists()
 
     def url(self) -> str:
         return self.path.resolve().as_uri()
 
     def read(self) -> list[list[Cell]]:
-        if not self.path.exists():
-            self.cells = []
-        else:
+        """CSV has no types: whole numbers read back as ints, as the API returns them."""
+        self.cells = []
+        if self.path.exists():
             with self.path.open(newline="", encoding="utf-8-sig") as fh:  # Excel adds a BOM
-                self.cells = [[_csv_cell(c) for c in row] for row in csv.reader(fh)]
-        return [list(r) for r in self.cells]
+                self.cells = [
+                    [int(c) if re.fullmatch(r"-?\d+", c) else c for c in row]
+                    for row in csv.reader(fh)
+                ]
+        return self.cells
 
-    def write(self, plan: UpsertPlan) -> _WriteOutcome:
-        if not plan.changed:
-            return _WriteOutcome(self.url(), 0, None, False)
-        created = not self.path.exists()
+    def write(self, top: int, left: int, block: list[list[Cell]]) -> tuple[int, str]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
         try:
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
-                csv.writer(fh, lineterminator="\n").writerows(plan.splice(self.cells))
+                csv.writer(fh, lineterminator="\n").writerows(_put(self.cells, top, left, block))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return _WriteOutcome(self.url(), 1, str(self.path), created)
+        finally:
+            Path(tmp).unlink(missing_ok=True)  # gone after the replace; left by a failed write
+        return 1, str(self.path)
 
 
-def _csv_cell(text: str) -> Cell:
-    """CSV has no types: whole numbers read back as ints so comparisons match the API path."""
-    return int(text) if re.fullmatch(r"-?\d+", text) else text
-
-
-# ============================================================================================
-# The Dagster resource
-# ============================================================================================
+# Settings and the Dagster resource ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class SheetsSettings:
-    """The resource's fields with empty ones filled from the environment, read at run time."""
+    """Where the report goes, resolved at run time from the fields and the environment."""
 
-    backend: str  # as configured; "" means the profile's default
+    mode: str  # google | emulator | local-csv
     spreadsheet_id: str
     credentials_path: str
     worksheet: str
-    emulator_host: str
-    local_dir: Path
+    api_url: str  # the emulator's, or the resource's api_base_url; "" is Google
+    csv_path: Path
 
-    @property
-    def mode(self) -> str:
-        """``google`` | ``emulator`` | ``local-csv``; a bad or missing setting raises, naming it.
+    def describe(self) -> str:
+        """One line for logs and the demo: where the report goes, no secrets."""
+        if self.mode == "local-csv":
+            return f"local CSV file {self.csv_path} (NOT Google Sheets)"
+        where = "Google Sheets" if self.mode == "google" else f"Sheets emulator at {self.api_url}"
+        return f"{where}, spreadsheet {self.spreadsheet_id}, worksheet {self.worksheet!r}"
 
-        The emulator speaks Google's protocol, so it serves the ``google`` backend.
-        """
-        if self.chosen_backend() == CSV_BACKEND:
-            return "local-csv"
-        if self.emulator_host:
-            return "emulator"
-        self._require_google_settings()
-        return "google"
 
-    def chosen_backend(self) -> str:
-        """The backend asked for by name, else ``csv`` in the local profile when no Google
-        Sheets setting is given, else ``google``: production never falls back to a file."""
-        if self.backend:
-            choice = self.backend.lower()
-            if choice not in (GOOGLE_BACKEND, CSV_BACKEND):
-                raise SheetsConfigError(
-                    f"{ENV_BACKEND}={self.backend!r} is not a Sheets backend: use "
-                    f"{GOOGLE_BACKEND!r} (Google Sheets) or {CSV_BACKEND!r} (a local CSV file)"
-                )
-            return choice
-        given = self.spreadsheet_id or self.credentials_path or self.emulator_host
-        return CSV_BACKEND if settings.is_local() and not given else GOOGLE_BACKEND
-
-    def _require_google_settings(self) -> None:
-        pairs = (
-            (ENV_SPREADSHEET_ID, self.spreadsheet_id),
-            (ENV_CREDENTIALS, self.credentials_path),
+def _mode(backend: str, spreadsheet_id: str, credentials_path: str, emulator: str) -> str:
+    """The backend asked for by name, else ``csv`` in the local profile when no Google Sheets
+    setting is given, else ``google``: production never falls back to a file. The emulator
+    speaks Google's protocol, so it serves ``google``, which otherwise needs both settings."""
+    choice = backend.lower()
+    if choice not in ("", GOOGLE_BACKEND, CSV_BACKEND):
+        raise SheetsConfigError(
+            f"{ENV_BACKEND}={backend!r} is not a Sheets backend: use {GOOGLE_BACKEND!r} (Google "
+            f"Sheets) or {CSV_BACKEND!r} (a local CSV file)"
         )
-        missing = [name for name, value in pairs if not value]
-        if not missing:
-            return
+    given = spreadsheet_id or credentials_path or emulator
+    if choice == CSV_BACKEND or (not choice and settings.is_local() and not given):
+        return "local-csv"
+    if emulator:
+        return "emulator"
+    pairs = ((ENV_SPREADSHEET_ID, spreadsheet_id), (ENV_CREDENTIALS, credentials_path))
+    missing = [name for name, value in pairs if not value]
+    if missing:
         states = " and ".join(
             f"{name} {'is set but empty' if name in os.environ else 'is not set'}"
             for name in missing
         )
-        why = ""
-        if not self.backend:
-            why = (
-                ", chosen because a Google Sheets setting is given"
-                if settings.is_local()
-                else ", the default outside the local profile"
-            )
         raise SheetsConfigError(
-            f"{states}: the Google Sheets report ({ENV_BACKEND}={GOOGLE_BACKEND}{why}) needs "
-            f"both {ENV_SPREADSHEET_ID} and {ENV_CREDENTIALS} (a service-account file). "
-            f"To write a local CSV file instead, set {ENV_BACKEND}={CSV_BACKEND}"
+            f"{states}: the Google Sheets report ({ENV_BACKEND}={GOOGLE_BACKEND}) needs both "
+            f"{ENV_SPREADSHEET_ID} and {ENV_CREDENTIALS} (a service-account file). To write a "
+            f"local CSV file instead, set {ENV_BACKEND}={CSV_BACKEND}"
         )
-
-    @property
-    def csv_path(self) -> Path:
-        return self.local_dir / f"{re.sub(r'[^A-Za-z0-9._-]', '_', self.worksheet) or 'sheet'}.csv"
-
-    @property
-    def emulator_url(self) -> str:
-        host = self.emulator_host.rstrip("/")
-        return host if host.startswith(("http://", "https://")) else f"http://{host}"
-
-    @property
-    def api_spreadsheet_id(self) -> str:
-        """The id used over the API; the emulator gets a fixed default so a demo needs no id."""
-        if self.mode == "emulator":
-            return self.spreadsheet_id or EMULATOR_DEFAULT_SPREADSHEET_ID
-        return self.spreadsheet_id
-
-    def lock_name(self) -> str:
-        if self.mode == "local-csv":
-            return f"csv:{self.csv_path.resolve()}"
-        where = self.emulator_url if self.mode == "emulator" else "google"
-        return f"{where}:{self.api_spreadsheet_id}:{self.worksheet}"
+    return "google"
 
 
 class SheetsResource(ConfigurableResource):
     """Where the daily report goes: Google Sheets, a Sheets emulator, or a local CSV file.
 
-    Like the other resources, an empty field falls back to its environment variable at run time
-    (``ITRESUME_SHEETS_BACKEND``, ``ITRESUME_SHEETS_SPREADSHEET_ID``,
-    ``ITRESUME_SHEETS_CREDENTIALS``, ``ITRESUME_SHEETS_WORKSHEET`` then ``daily_metrics``,
-    ``SHEETS_EMULATOR_HOST``, and ``$ITRESUME_HOME/sheets`` for ``local_dir``), so
-    ``SheetsResource()`` follows the environment; the mode is chosen as the module docstring
-    says. ``api_base_url`` replaces ``https://sheets.googleapis.com`` in google mode (tests point
-    it at the emulator to run the real OAuth flow; empty means real Google).
+    An empty field falls back at run time to its variable (``ITRESUME_SHEETS_BACKEND``,
+    ``ITRESUME_SHEETS_SPREADSHEET_ID``, ``ITRESUME_SHEETS_CREDENTIALS``,
+    ``ITRESUME_SHEETS_WORKSHEET`` then ``daily_metrics``, ``SHEETS_EMULATOR_HOST``, and
+    ``$ITRESUME_HOME/sheets`` for ``local_dir``), so ``SheetsResource()`` follows the
+    environment. ``api_base_url`` replaces ``https://sheets.googleapis.com`` in google mode
+    (tests point it at the emulator to run the real OAuth flow).
     """
 
     backend: str = ""
@@ -882,44 +658,42 @@ class SheetsResource(ConfigurableResource):
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
 
-    # configuration ---------------------------------------------------------------------------
     def settings(self) -> SheetsSettings:
-        """Fields, else environment variables, else defaults; resolved now, not at import."""
+        """Fields, else environment variables, else defaults; a bad or missing one raises,
+        naming it. Resolved at each call, never at import."""
+        backend = self.backend.strip() or settings.env(ENV_BACKEND)
+        sheet_id = self.spreadsheet_id.strip() or settings.env(ENV_SPREADSHEET_ID)
+        credentials = self.credentials_path.strip() or settings.env(ENV_CREDENTIALS)
+        host = (self.emulator_host.strip() or settings.env(ENV_EMULATOR_HOST)).rstrip("/")
+        mode = _mode(backend, sheet_id, credentials, host)
+        worksheet = self.worksheet.strip() or settings.env(ENV_WORKSHEET, DEFAULT_WORKSHEET)
         local_dir = self.local_dir.strip()
+        folder = (
+            Path(local_dir).expanduser().absolute() if local_dir else settings.sheets_local_dir()
+        )
+        if mode == "emulator":
+            sheet_id = sheet_id or EMULATOR_DEFAULT_SPREADSHEET_ID  # a demo needs no id
+            host = host if host.startswith(("http://", "https://")) else f"http://{host}"
         return SheetsSettings(
-            backend=self.backend.strip() or settings.env(ENV_BACKEND),
-            spreadsheet_id=self.spreadsheet_id.strip() or settings.env(ENV_SPREADSHEET_ID),
-            credentials_path=self.credentials_path.strip() or settings.env(ENV_CREDENTIALS),
-            worksheet=self.worksheet.strip() or settings.env(ENV_WORKSHEET, DEFAULT_WORKSHEET),
-            emulator_host=self.emulator_host.strip() or settings.env(ENV_EMULATOR_HOST),
-            local_dir=(
-                Path(local_dir).expanduser().absolute()
-                if local_dir
-                else settings.sheets_local_dir()
-            ),
+            mode=mode,
+            spreadsheet_id=sheet_id,
+            credentials_path=credentials,
+            worksheet=worksheet,
+            api_url=host if mode == "emulator" else self.api_base_url,
+            csv_path=folder / f"{re.sub(r'[^A-Za-z0-9._-]', '_', worksheet) or 'sheet'}.csv",
         )
 
     @property
     def mode(self) -> str:
-        """``google`` | ``emulator`` | ``local-csv``; a bad or missing setting raises, naming it."""
         return self.settings().mode
 
     @property
     def csv_path(self) -> Path:
-        """Where the local CSV 'sheet' lives in ``local-csv`` mode."""
         return self.settings().csv_path
 
     def describe(self) -> str:
-        """One line for logs and the demo: where the report goes, no secrets."""
-        cfg = self.settings()
-        if cfg.mode == "local-csv":
-            return f"local CSV file {cfg.csv_path} (NOT Google Sheets)"
-        where = (
-            f"Sheets emulator at {cfg.emulator_url}" if cfg.mode == "emulator" else "Google Sheets"
-        )
-        return f"{where}, spreadsheet {cfg.api_spreadsheet_id}, worksheet {cfg.worksheet!r}"
+        return self.settings().describe()
 
-    # public API ------------------------------------------------------------------------------
     def upsert_rows(self, rows: Sequence[Mapping[str, Any]]) -> UpsertResult:
         """Upsert one row per date: update in place or insert in date order, ≤ 2 write calls.
 
@@ -929,62 +703,70 @@ class SheetsResource(ConfigurableResource):
         """
         cfg = self.settings()
         sheet = self._open(cfg)
-        with _host_lock(cfg.lock_name()), _explained_errors(cfg, self.max_attempts):
+        if cfg.mode == "local-csv":
+            log.warning(
+                "Sheets: the report is a LOCAL CSV file %s, not Google Sheets; set %s and %s to "
+                "publish it",
+                cfg.csv_path,
+                ENV_SPREADSHEET_ID,
+                ENV_CREDENTIALS,
+            )
+        with _host_lock(cfg.describe()), _explained_errors(cfg, sheet.who, self.max_attempts):
             plan = plan_upsert(sheet.read(), rows, worksheet=cfg.worksheet)
-            outcome = sheet.write(plan)
-        _log_outcome(cfg, plan, outcome)
+            existed, calls, written = sheet.exists(), 0, None
+            if plan.first_changed is not None:
+                top = plan.spot.row + plan.first_changed
+                calls, written = sheet.write(top, plan.spot.col, plan.block())
+        table = plan.table
+        if table.duplicates or table.blanks or table.undated:
+            log.warning(
+                "Sheets: collapsed %d duplicate date row(s), dropped %d blank row(s) and kept %d "
+                "row(s) without a date below the dates in %r",
+                table.duplicates,
+                table.blanks,
+                len(table.undated),
+                cfg.worksheet,
+            )
         return UpsertResult(
-            url=outcome.url,
+            url=sheet.url(),
             mode=cfg.mode,
             worksheet=cfg.worksheet,
-            header=list(plan.header),
-            row_numbers=dict(plan.row_numbers),
-            values={d: list(v) for d, v in plan.values.items()},
-            write_calls=outcome.write_calls,
-            written_range=outcome.written_range,
-            duplicates_collapsed=plan.duplicates_collapsed,
-            created_worksheet=outcome.created,
+            row_numbers=plan.row_numbers,
+            values=plan.values,
+            write_calls=calls,
+            written_range=written,
+            duplicates_collapsed=table.duplicates,
+            created_worksheet=calls > 0 and not existed,
         )
 
     def read_rows(self) -> dict[str, dict[str, Cell]]:
         """Date -> row values (counters as ints) as the sheet holds them now, for asset checks."""
         cfg = self.settings()
         sheet = self._open(cfg)
-        with _explained_errors(cfg, self.max_attempts):
+        with _explained_errors(cfg, sheet.who, self.max_attempts):
             return rows_from_grid(sheet.read(), worksheet=cfg.worksheet)
 
-    # internals -------------------------------------------------------------------------------
     def _open(self, cfg: SheetsSettings) -> _ApiSheet | _CsvSheet:
-        mode = cfg.mode
-        if mode == "local-csv":
-            log.warning(
-                "Sheets: the report is a LOCAL CSV file %s, not Google Sheets (%s)",
-                cfg.csv_path,
-                f"{ENV_BACKEND}={CSV_BACKEND}"
-                if cfg.backend
-                else "local profile, no Google Sheets settings",
-            )
+        if cfg.mode == "local-csv":
             return _CsvSheet(cfg.csv_path)
-        if mode == "emulator":
-            http = self._http_client(None, self._session(), base=cfg.emulator_url)
-            return _ApiSheet(http, cfg.api_spreadsheet_id, cfg.worksheet, "the emulator")
-        from google.auth.transport.requests import AuthorizedSession, Request
+        credentials, who, session = None, "the emulator", self._retrying(requests.Session())
+        if cfg.mode == "google":
+            from google.auth.transport.requests import AuthorizedSession, Request
 
-        info = load_service_account(cfg.credentials_path)
-        credentials = _service_account_credentials(info, cfg.credentials_path)
-        token_session = self._session(statuses=())
-        session = AuthorizedSession(credentials, auth_request=Request(token_session))
-        http = self._http_client(credentials, self._session(session), base=self.api_base_url)
-        return _ApiSheet(http, cfg.api_spreadsheet_id, cfg.worksheet, info["client_email"])
+            credentials, who = _service_account(cfg.credentials_path)
+            token_session = self._retrying(requests.Session(), statuses=())
+            session = AuthorizedSession(credentials, auth_request=Request(token_session))
+            session = self._retrying(session)
+        factory = functools.partial(RootedHTTPClient, base_url=cfg.api_url)
+        client = gspread.Client(auth=credentials, session=session, http_client=factory)
+        client.set_timeout((self.connect_timeout_s, self.read_timeout_s))
+        return _ApiSheet(client.http_client, cfg.spreadsheet_id, cfg.worksheet, who)
 
-    def _session(
-        self,
-        session: requests.Session | None = None,
-        statuses: Iterable[int] = RETRYABLE_STATUSES,
+    def _retrying(
+        self, session: requests.Session, statuses: Iterable[int] = RETRYABLE_STATUSES
     ) -> requests.Session:
-        """`session` (a new one by default) retrying `statuses` and broken connections, for
-        every method: Sheets writes are idempotent range writes."""
-        session = session or requests.Session()
+        """`session` retrying `statuses` and broken connections, for every method: Sheets
+        writes are idempotent range writes."""
         retry = http_retry(
             label="Google Sheets API",
             max_attempts=self.max_attempts,
@@ -996,33 +778,37 @@ class SheetsResource(ConfigurableResource):
         mount(session, retry)
         return session
 
-    def _http_client(self, auth: Any, session: requests.Session, base: str) -> HTTPClient:
-        factory = functools.partial(RootedHTTPClient, base_url=base)
-        client = gspread.Client(auth=auth, session=session, http_client=factory)
-        client.set_timeout((self.connect_timeout_s, self.read_timeout_s))
-        return client.http_client
+
+# Errors for operators, the host lock, the service account -------------------------------------
 
 
 @contextlib.contextmanager
-def _explained_errors(cfg: SheetsSettings, max_attempts: int) -> Iterator[None]:
-    """Operator-facing errors: a refused call says what and why, one whose retries are spent
-    says how many were made, and a token failure names the credentials file, never its
-    content."""
+def _explained_errors(cfg: SheetsSettings, who: str, max_attempts: int) -> Iterator[None]:
+    """Operator-facing errors: a refused call says what and why (a missing or unshared
+    spreadsheet names who needs access), spent retries say how many were made, and a token
+    failure names the credentials file, never its content."""
     from google.auth.exceptions import RefreshError, TransportError
 
     try:
         yield
     except APIError as exc:
-        response = exc.response
-        status = response.status_code
+        response, status = exc.response, exc.response.status_code
         where = f"{response.request.method} {urlsplit(response.url).path}"
         reason = f"{status} {exc.error.get('status', '')}".strip()
         if status in RETRYABLE_STATUSES:
             raise _spent(f"answered {reason}", where, status, attempts_behind(response)) from exc
-        raise SheetsApiError(
-            f"Google Sheets API refused {where} with {reason}: {exc.error.get('message', '')}",
-            status=status,
-        ) from exc
+        message = f"Google Sheets API refused {where} with {reason}: {exc.error.get('message', '')}"
+        if status == 404:
+            message = (
+                f"spreadsheet {cfg.spreadsheet_id!r} was not found (404): check "
+                f"{ENV_SPREADSHEET_ID} and that the spreadsheet is shared with {who}"
+            )
+        if status in (401, 403):
+            message = (
+                f"access to spreadsheet {cfg.spreadsheet_id!r} was refused ({status}): share it "
+                f"with {who} as an editor"
+            )
+        raise SheetsApiError(message, status=status) from None
     except (requests.RequestException, TransportError) as exc:
         cause = exc.__cause__ if isinstance(exc, TransportError) and exc.__cause__ else exc
         request = getattr(cause, "request", None)
@@ -1047,64 +833,31 @@ def _spent(verb: str, where: str, status: int | None, attempts: int) -> SheetsRe
     )
 
 
-def _log_outcome(cfg: SheetsSettings, plan: UpsertPlan, outcome: _WriteOutcome) -> None:
-    if plan.duplicates_collapsed or plan.dropped_blank_rows:
-        log.warning(
-            "Sheets: collapsed %d duplicate date row(s) and dropped %d blank row(s) in %r",
-            plan.duplicates_collapsed,
-            plan.dropped_blank_rows,
-            cfg.worksheet,
-        )
-    if plan.undated_rows:
-        log.warning(
-            "Sheets: %d row(s) in %r have no date in the date column; kept them below the dates",
-            plan.undated_rows,
-            cfg.worksheet,
-        )
-    log.info(
-        "Sheets (%s): upserted %s into %s with %d write call(s)%s",
-        cfg.mode,
-        ", ".join(f"{d} (row {n})" for d, n in plan.row_numbers.items()) or "nothing",
-        outcome.url,
-        outcome.write_calls,
-        "" if outcome.written_range is None else f", rewrote {outcome.written_range}",
-    )
-
-
 @contextlib.contextmanager
 def _host_lock(name: str) -> Iterator[None]:
-    """An exclusive advisory lock shared by every process on this host (no-op without fcntl)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: rely on a Dagster concurrency pool instead
-        fcntl = None  # type: ignore[assignment]
-    if fcntl is None:
-        yield
-        return
+    """An exclusive advisory lock per sheet, shared by every process on this host; closing the
+    file releases it."""
     directory = Path(tempfile.gettempdir()) / "itresume-sheets-locks"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{hashlib.sha256(name.encode()).hexdigest()[:32]}.lock"
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
-def load_service_account(path: str) -> dict[str, Any]:
-    """Read a service-account JSON file; errors name the path and never echo its content."""
-    file = Path(path.strip()).expanduser()
-    where = f"{ENV_CREDENTIALS}={file}"
+def _service_account(path: str) -> tuple[Any, str]:
+    """Credentials and the robot's e-mail from a service-account file. Errors name the path and
+    never echo the content: a parser's message could quote key material."""
+    from google.oauth2.service_account import Credentials
+
+    where = f"{ENV_CREDENTIALS}={Path(path).expanduser()}"
     try:
-        text = file.read_text(encoding="utf-8")
+        info = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SheetsConfigError(f"the service-account file does not exist: {where}") from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or type(exc).__name__
         raise SheetsConfigError(f"cannot read the service-account file {where}: {reason}") from None
-    try:
-        info = json.loads(text)
     except ValueError:
         raise SheetsConfigError(
             f"the service-account file is not valid JSON: {where} (expected the key file "
@@ -1118,16 +871,10 @@ def load_service_account(path: str) -> dict[str, Any]:
     missing = [k for k in ("client_email", "private_key", "token_uri") if not info.get(k)]
     if missing:
         raise SheetsConfigError(f"the service-account file {where} lacks {', '.join(missing)}")
-    return info
-
-
-def _service_account_credentials(info: Mapping[str, Any], path: str) -> Any:
-    from google.oauth2.service_account import Credentials
-
     try:
-        return Credentials.from_service_account_info(dict(info), scopes=list(SCOPES))
-    except Exception as exc:  # the parser's message could quote key material: keep only its type
+        credentials = Credentials.from_service_account_info(info, scopes=list(SCOPES))
+    except Exception:
         raise SheetsConfigError(
-            f"cannot load the private key from the service-account file "
-            f"{ENV_CREDENTIALS}={path} ({type(exc).__name__})"
+            f"cannot load the private key from the service-account file {where}"
         ) from None
+    return credentials, info["client_email"]
