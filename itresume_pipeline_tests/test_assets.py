@@ -3,123 +3,87 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from datetime import date, datetime
 
-import psycopg
 import pytest
-from dagster import DagsterEventType, DagsterInstance, materialize
 from isal import igzip
 from psycopg import sql
 
-from itresume_pipeline.assets.ingestion import _attempt_checks, postgres_attempts, raw_attempts
+from itresume_pipeline.assets.ingestion import attempt_checks, postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.jobs import range_tags
-from itresume_pipeline.landing import LandingZone
 from itresume_pipeline.loading import DayLoad, replace_days
 from itresume_pipeline.local.simulator import generate_day, render_day_json
-from itresume_pipeline_tests.conftest import TEST_ATTEMPTS_PER_DAY, TEST_CLIENT_KEY, make_api
+from itresume_pipeline_tests.helpers import (
+    DAY,
+    TEST_ATTEMPTS_PER_DAY,
+    TEST_CLIENT_KEY,
+    db_rows,
+    make_api,
+    metadata,
+    metric_row,
+    run_pipeline,
+    step_failures,
+)
 
-DAY = date(2024, 10, 8)
 ASSETS = [raw_attempts, postgres_attempts, daily_metrics]
 
 
-def zone() -> LandingZone:
-    """The landing zone of this test's $ITRESUME_HOME, as the code location binds it."""
-    return LandingZone(root=os.environ["ITRESUME_HOME"])
+def run(api, warehouse, landing, *, partition: str | None = None, tags=None, assets=ASSETS):
+    """Ingestion and metrics (no sheet) for `partition`, never raising on failure."""
+    resources = {"itresume_api": api, "warehouse": warehouse, "landing": landing}
+    return run_pipeline(resources, partition=partition, tags=tags, assets=assets)
 
 
-def run(api, warehouse, *, partition: str | None = None, tags=None, assets=ASSETS):
-    return materialize(
-        assets,
-        resources={"itresume_api": api, "warehouse": warehouse, "landing": zone()},
-        partition_key=partition,
-        tags=tags,
-        instance=DagsterInstance.ephemeral(),
-        raise_on_error=False,
-    )
-
-
-def table_rows(warehouse, table: str, order: str) -> list[tuple]:
-    columns = {
-        "attempts": "user_id, oauth_consumer_key, lis_result_sourcedid, lis_outcome_service_url, "
-        "is_correct, attempt_type, created_at",
-        "attempts_rejected": "partition_date, reason, raw_record",
-        "daily_metrics": "date, attempts, successful_attempts, unique_users",
-    }[table]
-    with psycopg.connect(warehouse.database_url) as conn:
-        return conn.execute(
-            sql.SQL("SELECT {} FROM {} ORDER BY {}").format(
-                sql.SQL(columns), warehouse.table(table), sql.SQL(order)
-            )
-        ).fetchall()
-
-
-def expected_metrics(records: list[dict]) -> tuple[int, int, int]:
-    return (
-        len(records),
-        sum(1 for r in records if r["is_correct"] in (1, True)),
-        len({r["lti_user_id"] for r in records}),
-    )
-
-
-def materialization(result, asset: str):
-    return result.asset_materializations_for_node(asset)[0].metadata
-
-
-def test_one_day_end_to_end(api, warehouse, simulator):
-    result = run(api, warehouse, partition=DAY.isoformat())
+def test_one_day_end_to_end(api, warehouse, simulator, landing_zone):
+    result = run(api, warehouse, landing_zone, partition=DAY.isoformat())
     assert result.success
     records = generate_day(DAY, seed=simulator.seed, attempts_per_day=TEST_ATTEMPTS_PER_DAY)
 
-    attempts = table_rows(warehouse, "attempts", "created_at, user_id")
+    attempts = db_rows(warehouse, "attempts")
     assert len(attempts) == len(records) == TEST_ATTEMPTS_PER_DAY
     assert {row[0] for row in attempts} == {r["lti_user_id"] for r in records}
     assert all(datetime(2024, 10, 8) <= row[6] < datetime(2024, 10, 9) for row in attempts)
 
-    [metrics] = table_rows(warehouse, "daily_metrics", "date")
-    assert metrics == (DAY, *expected_metrics(records))
+    [metrics] = db_rows(warehouse, "daily_metrics")
+    assert metrics == (DAY, *metric_row(records))
 
-    assert zone().payload_path(DAY).exists()
-    assert not list(zone().payload_path(DAY).parent.glob(".*partial"))
-    raw_meta = materialization(result, "raw_attempts")
-    assert raw_meta["records"].value == len(records)
-    assert TEST_CLIENT_KEY not in raw_meta["request_url"].value
-    loaded_meta = materialization(result, "postgres_attempts")
-    assert loaded_meta["loaded"].value == len(records)
-    assert loaded_meta["rejected"].value == 0
-    metric_meta = materialization(result, "daily_metrics")
-    assert metric_meta["attempts"].value == len(records)
+    assert landing_zone.payload_path(DAY).exists()
+    assert not list(landing_zone.payload_path(DAY).parent.glob(".*partial"))
+    raw_meta = metadata(result, "raw_attempts")
+    assert raw_meta["records"] == len(records)
+    assert TEST_CLIENT_KEY not in raw_meta["request_url"]
+    loaded_meta = metadata(result, "postgres_attempts")
+    assert loaded_meta["loaded"] == len(records)
+    assert loaded_meta["rejected"] == 0
+    metric_meta = metadata(result, "daily_metrics")
+    assert metric_meta["attempts"] == len(records)
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 4 and all(e.passed for e in evaluations)
 
 
-def test_rerunning_a_day_leaves_the_same_rows(api, warehouse, simulator):
+def test_rerunning_a_day_leaves_the_same_rows(api, warehouse, simulator, landing_zone):
     records = generate_day(DAY, seed=simulator.seed, attempts_per_day=TEST_ATTEMPTS_PER_DAY)
     bad = {"lti_user_id": "nope", "passback_params": "{}", "is_correct": None,
            "attempt_type": "run", "created_at": "2024-10-08 10:00:00.000000"}  # fmt: skip
     simulator.set_day_payload(DAY, [*records, bad])
-    assert run(api, warehouse, partition=DAY.isoformat()).success
+    assert run(api, warehouse, landing_zone, partition=DAY.isoformat()).success
     first = (
-        table_rows(
-            warehouse, "attempts", "created_at, user_id, attempt_type, lis_result_sourcedid"
-        ),
-        table_rows(warehouse, "attempts_rejected", "reason"),
-        table_rows(warehouse, "daily_metrics", "date"),
+        db_rows(warehouse, "attempts"),
+        db_rows(warehouse, "attempts_rejected"),
+        db_rows(warehouse, "daily_metrics"),
     )
-    assert run(api, warehouse, partition=DAY.isoformat()).success
+    assert run(api, warehouse, landing_zone, partition=DAY.isoformat()).success
     second = (
-        table_rows(
-            warehouse, "attempts", "created_at, user_id, attempt_type, lis_result_sourcedid"
-        ),
-        table_rows(warehouse, "attempts_rejected", "reason"),
-        table_rows(warehouse, "daily_metrics", "date"),
+        db_rows(warehouse, "attempts"),
+        db_rows(warehouse, "attempts_rejected"),
+        db_rows(warehouse, "daily_metrics"),
     )
     assert first == second
     assert len(first[0]) == len(records) and len(first[1]) == 1
 
 
-def test_bad_records_are_quarantined_and_the_rest_load(api, warehouse, simulator):
+def test_bad_records_are_quarantined_and_the_rest_load(api, warehouse, simulator, landing_zone):
     good = generate_day(DAY, seed=simulator.seed, attempts_per_day=20)
     payload = [
         *good,
@@ -132,11 +96,11 @@ def test_bad_records_are_quarantined_and_the_rest_load(api, warehouse, simulator
         "not an object",
     ]
     simulator.set_day_payload(DAY, payload)
-    result = run(api, warehouse, partition=DAY.isoformat())
+    result = run(api, warehouse, landing_zone, partition=DAY.isoformat())
     assert result.success
 
-    assert len(table_rows(warehouse, "attempts", "created_at")) == len(good)
-    rejected = table_rows(warehouse, "attempts_rejected", "reason")
+    assert len(db_rows(warehouse, "attempts")) == len(good)
+    rejected = db_rows(warehouse, "attempts_rejected")
     assert len(rejected) == 5
     assert all(row[0] == DAY for row in rejected)
     reasons = " | ".join(row[1] for row in rejected)
@@ -144,12 +108,12 @@ def test_bad_records_are_quarantined_and_the_rest_load(api, warehouse, simulator
         assert field in reasons
     assert any('"XYZ"' in row[2] for row in rejected)  # the raw record is kept
 
-    meta = materialization(result, "postgres_attempts")
-    assert meta["received"].value == len(payload)
-    assert meta["loaded"].value == len(good)
-    assert meta["duplicates"].value == 1
-    assert meta["out_of_window"].value == 1
-    assert meta["rejected"].value == 5
+    meta = metadata(result, "postgres_attempts")
+    assert meta["received"] == len(payload)
+    assert meta["loaded"] == len(good)
+    assert meta["duplicates"] == 1
+    assert meta["out_of_window"] == 1
+    assert meta["rejected"] == 5
     reject_rate = next(
         e for e in result.get_asset_check_evaluations()
         if e.check_name == "reject_rate_below_threshold"
@@ -157,66 +121,70 @@ def test_bad_records_are_quarantined_and_the_rest_load(api, warehouse, simulator
     assert not reject_rate.passed  # 5 of 27 is far above 5 %
 
 
-def test_truncated_payload_leaves_database_and_landing_unchanged(api, warehouse, simulator):
-    assert run(api, warehouse, partition=DAY.isoformat()).success
-    before_rows = table_rows(warehouse, "attempts", "created_at, user_id, lis_result_sourcedid")
-    before_metrics = table_rows(warehouse, "daily_metrics", "date")
-    before_file = hashlib.sha256(zone().payload_path(DAY).read_bytes()).hexdigest()
+def test_truncated_payload_leaves_database_and_landing_unchanged(
+    api, warehouse, simulator, landing_zone
+):
+    assert run(api, warehouse, landing_zone, partition=DAY.isoformat()).success
+    before_rows = db_rows(warehouse, "attempts")
+    before_metrics = db_rows(warehouse, "daily_metrics")
+    before_file = hashlib.sha256(landing_zone.payload_path(DAY).read_bytes()).hexdigest()
 
     simulator.set_day_payload(DAY, [])  # what the API would say now, if it answered in full
     simulator.inject("truncate", times=10)
-    result = run(api, warehouse, partition=DAY.isoformat())
+    result = run(api, warehouse, landing_zone, partition=DAY.isoformat())
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    failure = step_failures(result)[0]
     assert "broke off" in failure.step_failure_data.error.message
     assert TEST_CLIENT_KEY not in str(failure.step_failure_data.error.to_string())
 
-    assert table_rows(warehouse, "attempts", "created_at, user_id, lis_result_sourcedid") == (
-        before_rows
-    )
-    assert table_rows(warehouse, "daily_metrics", "date") == before_metrics
-    assert hashlib.sha256(zone().payload_path(DAY).read_bytes()).hexdigest() == before_file
-    assert not list(zone().payload_path(DAY).parent.glob(".*partial"))
+    assert db_rows(warehouse, "attempts") == before_rows
+    assert db_rows(warehouse, "daily_metrics") == before_metrics
+    assert hashlib.sha256(landing_zone.payload_path(DAY).read_bytes()).hexdigest() == before_file
+    assert not list(landing_zone.payload_path(DAY).parent.glob(".*partial"))
 
 
-def test_wrong_key_fails_fast_without_showing_it(api, warehouse, simulator):
+def test_wrong_key_fails_fast_without_showing_it(api, warehouse, simulator, landing_zone):
     wrong = make_api(simulator, client_key="WRONG-key-123456")
-    result = run(wrong, warehouse, partition=DAY.isoformat(), assets=[raw_attempts])
+    result = run(wrong, warehouse, landing_zone, partition=DAY.isoformat(), assets=[raw_attempts])
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE)
+    failure = step_failures(result)[0]
     text = failure.step_failure_data.error.to_string()
     assert "401" in text
     assert "WRONG-key-123456" not in text
     assert len(simulator.requests) == 1  # no retries, no RetryPolicy re-execution
 
 
-def test_empty_day_is_a_valid_partition_with_zero_metrics(api, warehouse, simulator):
+def test_empty_day_is_a_valid_partition_with_zero_metrics(api, warehouse, simulator, landing_zone):
     simulator.set_day_payload(DAY, [])
-    result = run(api, warehouse, partition=DAY.isoformat())
+    result = run(api, warehouse, landing_zone, partition=DAY.isoformat())
     assert result.success
-    assert table_rows(warehouse, "daily_metrics", "date") == [(DAY, 0, 0, 0)]
+    assert db_rows(warehouse, "daily_metrics") == [(DAY, 0, 0, 0)]
 
 
-def test_a_range_is_one_run_and_equals_day_by_day(api, warehouse, simulator):
+def test_a_range_is_one_run_and_equals_day_by_day(api, warehouse, simulator, landing_zone):
     days = [date(2024, 10, d) for d in (6, 7, 8)]
-    result = run(api, warehouse, tags=range_tags(days[0].isoformat(), days[-1].isoformat()))
+    result = run(
+        api, warehouse, landing_zone, tags=range_tags(days[0].isoformat(), days[-1].isoformat())
+    )
     assert result.success
-    ranged = table_rows(warehouse, "daily_metrics", "date")
+    ranged = db_rows(warehouse, "daily_metrics")
     assert [row[0] for row in ranged] == days
     for row, day in zip(ranged, days, strict=True):
         records = generate_day(day, seed=simulator.seed, attempts_per_day=TEST_ATTEMPTS_PER_DAY)
-        assert row[1:] == expected_metrics(records)
+        assert row[1:] == metric_row(records)
     starts = [r for r in simulator.requests if r["path"].endswith("/statistics")]
     assert len(starts) == 3  # one request per day, fetched concurrently
 
 
 @pytest.mark.parametrize("kind", ["garbage"])
-def test_invalid_body_after_retries_fails_and_changes_nothing(api, warehouse, simulator, kind):
+def test_invalid_body_after_retries_fails_and_changes_nothing(
+    api, warehouse, simulator, landing_zone, kind
+):
     simulator.inject(kind, times=10)
-    result = run(api, warehouse, partition=DAY.isoformat())
+    result = run(api, warehouse, landing_zone, partition=DAY.isoformat())
     assert not result.success
-    assert not zone().payload_path(DAY).exists()
-    assert not list(zone().payload_path(DAY).parent.glob(".*partial"))
+    assert not landing_zone.payload_path(DAY).exists()
+    assert not list(landing_zone.payload_path(DAY).parent.glob(".*partial"))
 
 
 def test_attempt_checks_find_rows_outside_the_window_and_empty_users(warehouse):
@@ -232,7 +200,7 @@ def test_attempt_checks_find_rows_outside_the_window_and_empty_users(warehouse):
             ).format(warehouse.table("attempts"))
         )
     written = DayLoad(day=day, received=3, loaded=3, copied=3)
-    checks = {c.check_name: c for c in _attempt_checks(warehouse, [day], "run-a", written)}
+    checks = {c.check_name: c for c in attempt_checks(warehouse, [day], "run-a", written)}
     assert not checks["created_at_inside_partition"].passed
     assert checks["created_at_inside_partition"].metadata["rows_outside"].value == 1
     assert not checks["user_id_not_null"].passed
@@ -240,7 +208,7 @@ def test_attempt_checks_find_rows_outside_the_window_and_empty_users(warehouse):
     assert checks["reject_rate_below_threshold"].passed
 
     clean = DayLoad(day=day, received=2, loaded=2, copied=2)
-    checks = {c.check_name: c for c in _attempt_checks(warehouse, [day], "run-a", clean)}
+    checks = {c.check_name: c for c in attempt_checks(warehouse, [day], "run-a", clean)}
     assert checks["created_at_inside_partition"].passed
 
 

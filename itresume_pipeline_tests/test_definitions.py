@@ -92,6 +92,7 @@ def _dagster(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.processes
 def test_validate_the_workspace_passes_with_defaults():
     out = _dagster("definitions", "validate", "-w", "workspace.yaml")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -99,6 +100,7 @@ def test_validate_the_workspace_passes_with_defaults():
     assert "itresume_pipeline" in text and "itresume_alerting" in text
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     ("var", "value"),
     [
@@ -114,6 +116,7 @@ def test_validate_the_workspace_reports_a_bad_alert_setting_by_name(var: str, va
     assert f"{var}={value!r}" in out.stdout + out.stderr
 
 
+@pytest.mark.processes
 def test_a_bad_start_date_stops_the_pipeline_location_naming_it_but_not_the_alerts():
     bad = {"ITRESUME_START_DATE": "first of april"}
     pipeline = _dagster("definitions", "validate", "-m", "itresume_pipeline", **bad)
@@ -123,6 +126,7 @@ def test_a_bad_start_date_stops_the_pipeline_location_naming_it_but_not_the_aler
     assert alerting.returncode == 0, alerting.stdout + alerting.stderr
 
 
+@pytest.mark.processes
 def test_the_alerting_location_imports_nothing_of_the_pipeline_assets():
     code = (
         "import sys, itresume_pipeline.alerting\n"
@@ -141,6 +145,7 @@ def test_the_alerting_location_imports_nothing_of_the_pipeline_assets():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.processes
 def test_importing_changes_no_logger_and_the_pipeline_location_installs_the_redaction():
     """The urllib3 filter is set up explicitly, once, where the pipeline location loads."""
     code = (

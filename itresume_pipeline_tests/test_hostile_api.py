@@ -35,7 +35,7 @@ from itresume_pipeline.payload import count_records
 from itresume_pipeline.resources import build_resources
 from itresume_pipeline.resources.api import ApiCancelled, ApiError, ItResumeApiResource
 from itresume_pipeline.settings import SettingError
-from itresume_pipeline_tests.conftest import TEST_CLIENT, TEST_CLIENT_KEY, make_api
+from itresume_pipeline_tests.helpers import TEST_CLIENT, TEST_CLIENT_KEY, make_api, within
 
 DAY = datetime(2024, 10, 8)
 NEXT_DAY = datetime(2024, 10, 9)
@@ -50,25 +50,6 @@ def fragments(secret: str, size: int = 8) -> list[str]:
 def assert_no_key_fragment(text: str) -> None:
     leaked = [piece for piece in fragments(TEST_CLIENT_KEY) if piece in text]
     assert not leaked, f"key fragments {leaked} in {text!r}"
-
-
-def within(seconds: float, call: Callable[[], Any]) -> tuple[Any, BaseException | None, float]:
-    """Run `call` on a daemon thread; fail the test if it is not done in `seconds`."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = call()
-        except BaseException as error:  # handed back to the test
-            outcome["error"] = error
-
-    began = time.monotonic()
-    worker = threading.Thread(target=run, daemon=True)
-    worker.start()
-    worker.join(seconds)
-    elapsed = time.monotonic() - began
-    assert not worker.is_alive(), f"still running after {seconds} s"
-    return outcome.get("value"), outcome.get("error"), elapsed
 
 
 def wait_for(condition: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -273,6 +254,7 @@ def _cli_env(home: Path, simulator: ApiSimulator) -> dict[str, str]:
     return env
 
 
+@pytest.mark.processes
 def test_one_sigterm_stops_a_run_stuck_in_a_trickling_download(
     simulator: ApiSimulator, tmp_path: Path
 ) -> None:
@@ -308,6 +290,7 @@ def test_one_sigterm_stops_a_run_stuck_in_a_trickling_download(
     assert len(simulator.requests) == 1  # stopped, not retried
 
 
+@pytest.mark.processes
 def test_a_write_error_names_the_day_and_the_path(simulator: ApiSimulator, tmp_path: Path) -> None:
     """A file-size limit makes the kernel refuse the download's writes (EFBIG, as a full disk
     refuses them with ENOSPC); the process is a child, so nothing else is limited."""
@@ -317,7 +300,7 @@ def test_a_write_error_names_the_day_and_the_path(simulator: ApiSimulator, tmp_p
         import resource, signal, sys
         from datetime import date
         from dagster import Failure
-        from itresume_pipeline.assets.ingestion import _download_days
+        from itresume_pipeline.assets.ingestion import download_days
         from itresume_pipeline.resources import build_resources
 
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a kill
@@ -325,7 +308,7 @@ def test_a_write_error_names_the_day_and_the_path(simulator: ApiSimulator, tmp_p
         bound = build_resources()  # as the code location binds them, from the environment
         api = bound["itresume_api"].process_config_and_initialize()
         try:
-            _download_days(api, bound["landing"], [date(2024, 10, 8)])
+            download_days(api, bound["landing"], [date(2024, 10, 8)])
         except Failure as failure:
             print(failure.description, failure.allow_retries)
             sys.exit(3)

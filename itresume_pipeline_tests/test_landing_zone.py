@@ -21,10 +21,7 @@ from dagster import DagsterEventType, DagsterInstance, materialize
 from itresume_pipeline import landing
 from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.landing import LandingError, LandingZone
-from itresume_pipeline_tests.test_assets import zone
-
-DAY = date(2024, 10, 8)
-
+from itresume_pipeline_tests.helpers import DAY
 
 HOLDER = """
 import contextlib, sys, time
@@ -64,11 +61,12 @@ def temps(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob(f".*{landing.TEMP_SUFFIX}"))
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("how", ["claim_temp", "temp_path_for"])
 def test_a_temp_of_a_process_killed_with_sigkill_is_swept_and_a_live_one_is_kept(
-    itresume_home: Path, how: str
+    landing_zone: LandingZone, how: str
 ) -> None:
-    final = zone().payload_path(DAY)
+    final = landing_zone.payload_path(DAY)
     proc, temp = hold_claim(final, how)
     try:
         assert temp.parent == final.parent and temp.name.startswith(f".{final.name}.")
@@ -85,8 +83,8 @@ def test_a_temp_of_a_process_killed_with_sigkill_is_swept_and_a_live_one_is_kept
         proc.stdout.close()
 
 
-def test_a_claim_removes_its_temp_unless_published(itresume_home: Path) -> None:
-    final = zone().payload_path(DAY)
+def test_a_claim_removes_its_temp_unless_published(landing_zone: LandingZone) -> None:
+    final = landing_zone.payload_path(DAY)
     with landing.claim_temp(final) as temp:
         temp.write_bytes(b"[]")
         assert landing.sweep_stale_temps(final) == []  # our own claim is held too
@@ -97,8 +95,10 @@ def test_a_claim_removes_its_temp_unless_published(itresume_home: Path) -> None:
     assert final.read_bytes() == b"[1]" and temps(final.parent) == []
 
 
-def test_a_temp_without_a_block_is_held_until_published_or_discarded(itresume_home: Path) -> None:
-    final = zone().payload_path(DAY)
+def test_a_temp_without_a_block_is_held_until_published_or_discarded(
+    landing_zone: LandingZone,
+) -> None:
+    final = landing_zone.payload_path(DAY)
     kept, dropped = landing.temp_path_for(final), landing.temp_path_for(final)
     assert landing.sweep_stale_temps(final) == []  # both in use by this live process
     kept.write_bytes(b"[2]")
@@ -107,9 +107,9 @@ def test_a_temp_without_a_block_is_held_until_published_or_discarded(itresume_ho
     assert final.read_bytes() == b"[2]" and temps(final.parent) == []
 
 
-def test_a_sweep_takes_only_the_temps_of_its_own_file(itresume_home: Path) -> None:
-    final, loaded = zone().payload_path(DAY), zone().loaded_path(DAY)
-    other = zone().payload_path(date(2024, 10, 9))
+def test_a_sweep_takes_only_the_temps_of_its_own_file(landing_zone: LandingZone) -> None:
+    final, loaded = landing_zone.payload_path(DAY), landing_zone.loaded_path(DAY)
+    other = landing_zone.payload_path(date(2024, 10, 9))
     stale = [stale_temp(path) for path in (final, loaded, other)]
     unrelated = final.with_name(f".{final.name}.notes{landing.TEMP_SUFFIX}")
     unrelated.write_bytes(b"not ours")
@@ -119,34 +119,34 @@ def test_a_sweep_takes_only_the_temps_of_its_own_file(itresume_home: Path) -> No
     assert temps(final.parent) == sorted([stale[2].name, unrelated.name])
 
 
-def test_a_snapshot_keeps_its_bytes_when_the_source_is_replaced(itresume_home: Path) -> None:
-    final = zone().payload_path(DAY)
+def test_a_snapshot_keeps_its_bytes_when_the_source_is_replaced(landing_zone: LandingZone) -> None:
+    final = landing_zone.payload_path(DAY)
     final.parent.mkdir(parents=True)
     final.write_bytes(b"[1, 2, 3]")
-    with landing.claim_temp(zone().loaded_path(DAY), source=final) as snapshot:
+    with landing.claim_temp(landing_zone.loaded_path(DAY), source=final) as snapshot:
         with landing.claim_temp(final) as newer:
             newer.write_bytes(b"[]")
             landing.publish(newer, final)
         assert snapshot.read_bytes() == b"[1, 2, 3]"
-        landing.publish(snapshot, zone().loaded_path(DAY))
-    assert zone().loaded_path(DAY).read_bytes() == b"[1, 2, 3]"
+        landing.publish(snapshot, landing_zone.loaded_path(DAY))
+    assert landing_zone.loaded_path(DAY).read_bytes() == b"[1, 2, 3]"
     assert final.read_bytes() == b"[]" and temps(final.parent) == []
 
 
 def test_raw_attempts_and_postgres_attempts_sweep_what_killed_runs_left(
-    api, warehouse, simulator, itresume_home: Path
+    api, warehouse, simulator, landing_zone: LandingZone
 ) -> None:
-    for path in (zone().payload_path(DAY), zone().loaded_path(DAY)):
+    for path in (landing_zone.payload_path(DAY), landing_zone.loaded_path(DAY)):
         stale_temp(path)
     result = materialize(
         [raw_attempts, postgres_attempts],
-        resources={"itresume_api": api, "warehouse": warehouse, "landing": zone()},
+        resources={"itresume_api": api, "warehouse": warehouse, "landing": landing_zone},
         partition_key=DAY.isoformat(),
         instance=DagsterInstance.ephemeral(),
     )
     assert result.success
-    assert temps(zone().payload_path(DAY).parent) == []
-    assert zone().loaded_path(DAY).read_bytes() == zone().payload_path(DAY).read_bytes()
+    assert temps(landing_zone.payload_path(DAY).parent) == []
+    assert landing_zone.loaded_path(DAY).read_bytes() == landing_zone.payload_path(DAY).read_bytes()
 
 
 def test_both_ingestion_assets_write_and_read_the_landing_zone_they_are_given(
@@ -164,8 +164,8 @@ def test_both_ingestion_assets_write_and_read_the_landing_zone_they_are_given(
     assert not (itresume_home / "raw").exists()
 
 
-def test_a_failed_publish_names_the_path_and_the_day(itresume_home: Path) -> None:
-    final = zone().payload_path(DAY)
+def test_a_failed_publish_names_the_path_and_the_day(landing_zone: LandingZone) -> None:
+    final = landing_zone.payload_path(DAY)
     (final / "in the way").mkdir(parents=True)  # a directory where the file should go
     with landing.claim_temp(final) as temp:
         temp.write_bytes(b"[]")
@@ -209,6 +209,7 @@ print(json.dumps(seen))
 """
 
 
+@pytest.mark.processes
 def test_a_full_disk_names_the_path_and_the_day(tmp_path: Path) -> None:
     """A tmpfs with 16 inodes, mounted in a mount namespace of the child alone."""
     mount_point = tmp_path / "full"
@@ -236,13 +237,13 @@ def test_a_full_disk_names_the_path_and_the_day(tmp_path: Path) -> None:
 
 
 def test_raw_attempts_fails_at_once_naming_the_file_it_could_not_publish(
-    api, itresume_home: Path
+    api, landing_zone: LandingZone
 ) -> None:
-    final = zone().payload_path(DAY)
+    final = landing_zone.payload_path(DAY)
     (final / "in the way").mkdir(parents=True)
     result = materialize(
         [raw_attempts],
-        resources={"itresume_api": api, "landing": zone()},
+        resources={"itresume_api": api, "landing": landing_zone},
         partition_key=DAY.isoformat(),
         instance=DagsterInstance.ephemeral(),
         raise_on_error=False,
@@ -274,8 +275,9 @@ print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 64)
 """
 
 
+@pytest.mark.processes
 def test_a_run_over_years_of_days_is_not_stopped_by_the_descriptor_limit(
-    itresume_home: Path,
+    itresume_home: Path, landing_zone: LandingZone
 ) -> None:
     done = subprocess.run(
         [sys.executable, "-c", MANY_DAYS],
@@ -286,4 +288,4 @@ def test_a_run_over_years_of_days_is_not_stopped_by_the_descriptor_limit(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0", "True"]  # every temp held, none swept
-    assert temps(zone().payload_path(DAY).parent) == []
+    assert temps(landing_zone.payload_path(DAY).parent) == []

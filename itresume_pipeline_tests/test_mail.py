@@ -2,7 +2,7 @@
 
 No SMTP mocks: each test starts an aiosmtpd Controller on a free port, with a trustme CA for TLS,
 or, to see what a relay echoes back, a small socket server of its own (`EchoingRelay`).
-`SmtpSink` and `smtp_server` are reused by test_sensors.py.
+The relay (`smtp_server`), its login and `mail_for` come from helpers.py.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import base64
 import contextlib
 import json
 import os
-import socket
 import socketserver
-import ssl
 import threading
 import traceback
 from collections.abc import Iterator
@@ -24,8 +22,6 @@ from typing import Any
 
 import pytest
 import trustme
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
 from dagster import EnvVar
 
 from itresume_pipeline.alerts import Outbox
@@ -33,95 +29,7 @@ from itresume_pipeline.redaction import redact
 from itresume_pipeline.resources import build_alert_resources
 from itresume_pipeline.resources.mail import MailDeliveryError, MailResource
 from itresume_pipeline.settings import SettingError
-
-USER = "bot"
-PASSWORD = "s3cret-Пароль"  # non-ASCII on purpose: it must survive AUTH and never leak
-
-
-def free_port() -> int:
-    """aiosmtpd needs a concrete port (its ready-check connects to it), so pick one ourselves."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class SmtpSink:
-    """Keeps every message the server accepted."""
-
-    def __init__(self) -> None:
-        self.envelopes: list[Any] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.envelopes.append(envelope)
-        return "250 OK"
-
-    def messages(self) -> list[EmailMessage]:
-        return [
-            message_from_bytes(e.original_content, policy=policy.default)  # type: ignore[misc]
-            for e in self.envelopes
-        ]
-
-
-def _auth(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
-    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (
-        USER.encode(),
-        PASSWORD.encode(),
-    )
-    return AuthResult(success=ok, handled=False)
-
-
-@pytest.fixture(scope="session")
-def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path]:
-    ca = trustme.CA()
-    path = tmp_path_factory.mktemp("ca") / "test-ca.pem"
-    ca.cert_pem.write_to_path(str(path))
-    return ca, path
-
-
-@contextlib.contextmanager
-def smtp_server(
-    security: str, ca: trustme.CA | None = None, port: int | None = None
-) -> Iterator[tuple[SmtpSink, int]]:
-    """A real SMTP server speaking ``security`` ("none", "starttls" or "ssl") with AUTH."""
-    sink = SmtpSink()
-    kw: dict[str, Any] = {
-        "hostname": "127.0.0.1",
-        "port": port or free_port(),
-        "authenticator": _auth,
-    }
-    if security != "none":
-        assert ca is not None
-        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    if security == "none":
-        controller = Controller(sink, auth_require_tls=False, **kw)
-    elif security == "starttls":
-        controller = Controller(sink, tls_context=server_ctx, require_starttls=True, **kw)
-    else:  # aiosmtpd #281: implicit TLS is not seen as TLS, so AUTH must not require it
-        controller = Controller(
-            sink, ssl_context=server_ctx, server_hostname="localhost", auth_require_tls=False, **kw
-        )
-    controller.start()
-    try:
-        yield sink, kw["port"]
-    finally:
-        controller.stop()
-
-
-def mail_for(port: int, security: str, ca_file: Path | None, **kw: Any) -> MailResource:
-    fields: dict[str, Any] = {
-        "host": "localhost",
-        "port": port,
-        "security": security,
-        "user": USER,
-        "password": PASSWORD,
-        "ca_file": str(ca_file) if ca_file else "",
-        "timeout_s": 5.0,
-        "from_addr": "alerts@example.test",
-        "to_addrs": "ops@example.test, Дежурный <oncall@example.test>",
-    }
-    fields.update(kw)
-    return MailResource(**fields)
+from itresume_pipeline_tests.helpers import SMTP_PASSWORD, free_port, mail_for, smtp_server
 
 
 def russian_message() -> EmailMessage:
@@ -168,7 +76,7 @@ def test_wrong_password_is_rejected_without_leaking_it(tls_ca: tuple[trustme.CA,
     text = "".join(traceback.format_exception(info.value))
     assert f"localhost:{port}" in str(info.value)
     assert "login" in str(info.value) and "SMTPAuthenticationError" in str(info.value)
-    assert wrong not in text and PASSWORD not in text
+    assert wrong not in text and SMTP_PASSWORD not in text
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert sink.envelopes == []
 
@@ -416,7 +324,7 @@ class _Lines:
 
 @pytest.mark.parametrize(
     ("mechanisms", "password"),
-    [("PLAIN", "ascii-Pass-7731"), ("LOGIN", "ascii-Pass-7731"), ("PLAIN", PASSWORD)],
+    [("PLAIN", "ascii-Pass-7731"), ("LOGIN", "ascii-Pass-7731"), ("PLAIN", SMTP_PASSWORD)],
 )
 def test_an_echoed_auth_exchange_never_reaches_errors_or_tick_logs(
     tmp_path: Path, mechanisms: str, password: str

@@ -6,7 +6,6 @@ the emulator's ``/token``, exactly as it would from Google.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from itresume_pipeline.resources.sheets import (
     plan_upsert,
 )
 from itresume_pipeline.settings import SettingError
+from itresume_pipeline_tests.helpers import write_credentials
 
 HEADER = list(FIXED_COLUMNS)
 KEY = "sheet-key-1"
@@ -93,20 +93,6 @@ def sheets(emu: SheetsEmulator) -> SheetsResource:
         connect_timeout_s=2,
         read_timeout_s=2,
     )
-
-
-def write_credentials(path: Path, token_uri: str, private_key: str) -> Path:
-    info = {
-        "type": "service_account",
-        "project_id": "itresume-test",
-        "private_key_id": "k1",
-        "private_key": private_key,
-        "client_email": "robot@itresume-test.iam.gserviceaccount.com",
-        "client_id": "1",
-        "token_uri": token_uri,
-    }
-    path.write_text(json.dumps(info), encoding="utf-8")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def raw_attempts(
     days = days_in_window(context.partition_time_window)
     _log_swept(context, landing.sweep(days))
     context.log.info(f"download started: {describe_days(days)}")
-    downloads = _download_days(itresume_api, landing, days)
+    downloads = download_days(itresume_api, landing, days)
     try:
         for day, download in downloads.items():
             landing.publish_download(day, download.path)
@@ -88,7 +88,7 @@ def raw_attempts(
     return MaterializeResult(metadata=metadata)
 
 
-def _download_days(
+def download_days(
     api: ItResumeApiResource, landing: LandingZone, days: list[date]
 ) -> dict[date, Download]:
     """Fetch every day into temp files, concurrently; publish nothing unless all succeeded.
@@ -237,7 +237,7 @@ def postgres_attempts(
                 f"{totals.rejected} records quarantined in attempts_rejected: "
                 f"{totals.reject_reasons}"
             )
-        checks = _attempt_checks(warehouse, days, context.run_id, totals)
+        checks = attempt_checks(warehouse, days, context.run_id, totals)
         return MaterializeResult(
             metadata={
                 "received": MetadataValue.int(totals.received),
@@ -325,7 +325,7 @@ def _tag_allows_shrink(context: AssetExecutionContext) -> bool:
     )
 
 
-def _attempt_checks(
+def attempt_checks(
     warehouse: PostgresResource, days: list[date], run_id: str, totals: DayLoad
 ) -> list[AssetCheckResult]:
     """Recheck what landed in the table, not what the loader believes it wrote.
