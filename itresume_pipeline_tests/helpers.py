@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -316,3 +318,13 @@ def within(seconds: float, call: Callable[[], Any]) -> tuple[Any, BaseException 
     elapsed = time.monotonic() - began
     assert not worker.is_alive(), f"still running after {seconds} s"
     return outcome.get("value"), outcome.get("error"), elapsed
+
+
+def terminate_once(process: subprocess.Popen[bytes], limit_s: float = 15.0) -> str:
+    """One SIGTERM, as the UI's Terminate, `dagster run terminate` and systemd send it; the
+    process must be gone within `limit_s`. Returns what it printed."""
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    output, _ = process.communicate(timeout=limit_s)
+    assert time.monotonic() - sent < limit_s
+    return output.decode(errors="replace")

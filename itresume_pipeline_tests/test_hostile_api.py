@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -35,7 +34,13 @@ from itresume_pipeline.payload import count_records
 from itresume_pipeline.resources import build_resources
 from itresume_pipeline.resources.api import ApiCancelled, ApiError, ItResumeApiResource
 from itresume_pipeline.settings import SettingError
-from itresume_pipeline_tests.helpers import TEST_CLIENT, TEST_CLIENT_KEY, make_api, within
+from itresume_pipeline_tests.helpers import (
+    TEST_CLIENT,
+    TEST_CLIENT_KEY,
+    make_api,
+    terminate_once,
+    within,
+)
 
 DAY = datetime(2024, 10, 8)
 NEXT_DAY = datetime(2024, 10, 9)
@@ -272,15 +277,12 @@ def test_one_sigterm_stops_a_run_stuck_in_a_trickling_download(
     try:
         wait_for(lambda: len(simulator.requests) == 1, seconds=60)
         time.sleep(1.0)  # well inside the body
-        process.send_signal(signal.SIGTERM)
-        sent = time.monotonic()
-        output, _ = process.communicate(timeout=15)
-        assert time.monotonic() - sent < 15
+        text = terminate_once(process)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode != 0, output.decode(errors="replace")[-3000:]
+    assert process.returncode != 0, text[-3000:]
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         (run,) = instance.get_runs()
     assert run.status != DagsterRunStatus.SUCCESS
