@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import date, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
@@ -328,3 +328,18 @@ def terminate_once(process: subprocess.Popen[bytes], limit_s: float = 15.0) -> s
     output, _ = process.communicate(timeout=limit_s)
     assert time.monotonic() - sent < limit_s
     return output.decode(errors="replace")
+
+
+def sheet_day(n: int) -> str:
+    """Day `n` (1-based) of October 2024, as the sheet's ISO date."""
+    return (date(2024, 10, 1) + timedelta(days=n - 1)).isoformat()
+
+
+def sheet_metric(n: int, scale: int = 1) -> dict[str, Any]:
+    """A deterministic metrics row for day `n`; `scale` changes the values, not the date."""
+    return {
+        "date": sheet_day(n),
+        "attempts": 100 * n * scale,
+        "successful_attempts": 10 * n * scale,
+        "unique_users": n + scale,
+    }

@@ -126,13 +126,8 @@ def test_a_bad_start_date_stops_the_pipeline_location_naming_it_but_not_the_aler
     assert alerting.returncode == 0, alerting.stdout + alerting.stderr
 
 
-@pytest.mark.processes
-def test_the_alerting_location_imports_nothing_of_the_pipeline_assets():
-    code = (
-        "import sys, itresume_pipeline.alerting\n"
-        "print(sorted(m for m in sys.modules if m.startswith(('itresume_pipeline.assets', "
-        "'itresume_pipeline.partitions', 'itresume_pipeline.definitions'))))\n"
-    )
+def _python(code: str) -> str:
+    """Run `code` in a fresh interpreter (imports start from nothing); return its stdout."""
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=REPO,
@@ -142,7 +137,17 @@ def test_the_alerting_location_imports_nothing_of_the_pipeline_assets():
         timeout=120,
         check=True,
     )
-    assert out.stdout.strip().splitlines()[-1] == "[]"
+    return out.stdout
+
+
+@pytest.mark.processes
+def test_the_alerting_location_imports_nothing_of_the_pipeline_assets():
+    code = (
+        "import sys, itresume_pipeline.alerting\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('itresume_pipeline.assets', "
+        "'itresume_pipeline.partitions', 'itresume_pipeline.definitions'))))\n"
+    )
+    assert _python(code).strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.processes
@@ -155,13 +160,4 @@ def test_importing_changes_no_logger_and_the_pipeline_location_installs_the_reda
         "import itresume_pipeline.definitions\n"
         "print([type(f).__name__ for f in pool.filters])\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=_clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    assert out.stdout.split() == ["0", "['RedactingFilter']"]
+    assert _python(code).split() == ["0", "['RedactingFilter']"]

@@ -10,7 +10,7 @@ import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +30,13 @@ from itresume_pipeline.resources.sheets import (
     plan_upsert,
 )
 from itresume_pipeline.settings import SettingError
-from itresume_pipeline_tests.helpers import write_credentials
+from itresume_pipeline_tests.helpers import sheet_day, sheet_metric, write_credentials
 
 HEADER = list(FIXED_COLUMNS)
 KEY = "sheet-key-1"
 WS = "daily_metrics"
 
-
-def day(n: int) -> str:
-    return (date(2024, 10, 1) + timedelta(days=n - 1)).isoformat()
-
-
-def metric(n: int, scale: int = 1) -> dict[str, Any]:
-    """A deterministic metrics row for day ``n``; ``scale`` changes the values, not the date."""
-    return {
-        "date": day(n),
-        "attempts": 100 * n * scale,
-        "successful_attempts": 10 * n * scale,
-        "unique_users": n + scale,
-    }
+day, metric = sheet_day, sheet_metric  # short names for the tables below
 
 
 def line(n: int, scale: int = 1) -> list[str]:

@@ -8,7 +8,7 @@ with ``USER_ENTERED``, the way the Sheets UI stores what is typed.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import date, timedelta
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -25,24 +25,14 @@ from itresume_pipeline.resources.sheets import (
     SheetsResource,
     plan_upsert,
 )
+from itresume_pipeline_tests.helpers import sheet_day, sheet_metric
 
 HEADER = list(FIXED_COLUMNS)
 KEY = "hand-edited"
 WS = "daily_metrics"
 TITLE = "IT Resume: attempts per day"
 
-
-def day(n: int) -> str:
-    return (date(2024, 10, 1) + timedelta(days=n - 1)).isoformat()
-
-
-def metric(n: int, scale: int = 1) -> dict[str, Any]:
-    return {
-        "date": day(n),
-        "attempts": 100 * n * scale,
-        "successful_attempts": 10 * n * scale,
-        "unique_users": n + scale,
-    }
+day, metric = sheet_day, sheet_metric  # short names for the tables below
 
 
 def cells(n: int, scale: int = 1) -> list[Any]:
