@@ -45,7 +45,7 @@ from itresume_pipeline.landing import LandingZone
 from itresume_pipeline.local.sheets_emulator import SheetsEmulator
 from itresume_pipeline.local.simulator import ApiSimulator
 from itresume_pipeline.resources.api import ItResumeApiResource
-from itresume_pipeline.resources.postgres import PostgresResource, forget_migrations
+from itresume_pipeline.resources.postgres import PostgresResource
 from itresume_pipeline_tests.helpers import (
     SHEET_ID,
     SMALL_DAY,
@@ -109,7 +109,6 @@ def warehouse(pg_url: str, itresume_home: Path) -> Iterator[PostgresResource]:
     yield PostgresResource(database_url=pg_url, schema_name=schema)
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-    forget_migrations()
 
 
 @pytest.fixture

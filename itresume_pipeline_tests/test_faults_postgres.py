@@ -38,7 +38,6 @@ from itresume_pipeline.resources.postgres import (
     SCHEMA_VERSION,
     PostgresResource,
     WarehouseError,
-    forget_migrations,
 )
 from itresume_pipeline_tests.helpers import (
     ALL_ASSETS,
@@ -329,9 +328,7 @@ def test_the_same_day_twice_at_once_is_serialized_without_duplicates(
 
 
 def _first_use_in_background(warehouse: PostgresResource) -> tuple[threading.Thread, list]:
-    """A fresh process's first query (migrations forgotten), in a thread; its result lands in
-    the list."""
-    forget_migrations()
+    """A fresh process's first query, in a thread; its result lands in the list."""
     fresh = PostgresResource(database_url=warehouse.database_url, schema_name=warehouse._schema())
     done: list = []
 

@@ -531,9 +531,6 @@ def test_a_schema_named_like_a_keyword_is_quoted_and_works(
     finally:
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute('DROP SCHEMA IF EXISTS "select" CASCADE')
-        from itresume_pipeline.resources.postgres import forget_migrations
-
-        forget_migrations()
 
 
 @pytest.mark.parametrize(

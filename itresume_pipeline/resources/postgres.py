@@ -9,13 +9,14 @@ database is not, and a malformed URL or schema is a `SettingError`.
 Migrations run under an advisory lock, so concurrent first runs cannot race, and only when the
 schema is missing or older than `SCHEMA_VERSION`. The version is read from a table of its own,
 which no load locks: a fresh process never waits behind a running load, whose locks the DDL
-(`CREATE INDEX IF NOT EXISTS` included) would otherwise have to wait for.
+(`CREATE INDEX IF NOT EXISTS` included) would otherwise have to wait for. Every connection reads
+it (two catalog-sized queries), so nothing is cached per process and a schema dropped under a
+running process is simply made again.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
@@ -48,9 +49,6 @@ REFUSALS = (
     "permission denied for database",
     "does not exist",  # role "x" / database "x"
 )
-
-_migrated: set[tuple[str, str]] = set()
-_migrated_lock = threading.Lock()
 
 
 class WarehouseError(Exception):
@@ -151,7 +149,8 @@ class PostgresResource(ConfigurableResource):
         except psycopg.Error as error:
             raise connect_error(conninfo, error) from None
         with conn:
-            self._migrate_once(conn, conninfo)
+            if self._schema_version(conn) < SCHEMA_VERSION:
+                self._migrate(conn)
             yield conn
 
     def lock_days(self, conn: psycopg.Connection, days: list[date]) -> None:
@@ -186,17 +185,6 @@ class PostgresResource(ConfigurableResource):
 
         return embedded_server_uri(settings.embedded_pg_dir())
 
-    def _migrate_once(self, conn: psycopg.Connection, conninfo: str) -> None:
-        key = (conninfo, self._schema())
-        if key in _migrated:
-            return
-        with _migrated_lock:
-            if key in _migrated:
-                return
-            if self._schema_version(conn) < SCHEMA_VERSION:
-                self._migrate(conn)
-            _migrated.add(key)
-
     def _schema_version(self, conn: psycopg.Connection) -> int:
         """The schema's recorded version, 0 if none; reads only the catalog and a table of ours
         that no load locks."""
@@ -226,9 +214,3 @@ class PostgresResource(ConfigurableResource):
                 ),
                 (SCHEMA_VERSION,),
             )
-
-
-def forget_migrations() -> None:
-    """Tests drop schemas between cases; make the next connection migrate again."""
-    with _migrated_lock:
-        _migrated.clear()
