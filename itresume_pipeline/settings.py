@@ -58,10 +58,14 @@ def required(name: str, *, needed_for: str) -> str:
     raise missing(name, needed_for=needed_for)
 
 
+def absent(name: str) -> str:
+    """How a variable without a value is missing, for error messages."""
+    return "is set but empty" if name in os.environ else "is not set"
+
+
 def missing(name: str, *, needed_for: str) -> SettingError:
     """The error for a required variable without a value: unset, or set but empty."""
-    state = "is set but empty" if name in os.environ else "is not set"
-    return SettingError(f"{name} {state}: it is required for {needed_for}")
+    return SettingError(f"{name} {absent(name)}: it is required for {needed_for}")
 
 
 def secret(name: str) -> EnvVar | str:

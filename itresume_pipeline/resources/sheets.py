@@ -622,10 +622,7 @@ def _mode(backend: str, spreadsheet_id: str, credentials_path: str, emulator: st
     pairs = ((ENV_SPREADSHEET_ID, spreadsheet_id), (ENV_CREDENTIALS, credentials_path))
     missing = [name for name, value in pairs if not value]
     if missing:
-        states = " and ".join(
-            f"{name} {'is set but empty' if name in os.environ else 'is not set'}"
-            for name in missing
-        )
+        states = " and ".join(f"{name} {settings.absent(name)}" for name in missing)
         raise SheetsConfigError(
             f"{states}: the Google Sheets report ({ENV_BACKEND}={GOOGLE_BACKEND}) needs both "
             f"{ENV_SPREADSHEET_ID} and {ENV_CREDENTIALS} (a service-account file). To write a "
