@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export ITRESUME_HOME ?= $(CURDIR)/.itresume
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test lint format dev bench clean
+.PHONY: install demo test lint format dev stop bench clean
 
 $(STAMP): pyproject.toml setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required, found " + sys.version.split()[0])'
@@ -24,6 +24,9 @@ demo: $(STAMP)  ## the main job on embedded defaults: simulator + embedded Postg
 dev: $(STAMP)  ## Dagster UI + daemon on the demo environment: http://127.0.0.1:3000 (DAGSTER_PORT)
 	$(BIN)/itresume-dev
 
+stop:  ## stops what `make demo` and `make dev` left running: the UI launcher, the embedded PostgreSQL
+	@if [ -x $(BIN)/itresume-dev ]; then $(BIN)/itresume-dev stop; fi
+
 test: $(STAMP)  ## the whole suite (uses ITRESUME_TEST_DATABASE_URL, else an embedded PostgreSQL)
 	$(BIN)/python -m pytest
 
@@ -38,5 +41,5 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean:
+clean: stop
 	rm -rf $(VENV) .itresume .pytest_cache .ruff_cache .hypothesis *.egg-info

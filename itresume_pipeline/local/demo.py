@@ -3,7 +3,8 @@
 It starts the API simulator in this process and an embedded PostgreSQL under `$ITRESUME_HOME`,
 materializes the last 7 complete UTC days through Dagster as one run, then prints the metrics
 and where every output went. Settings already in the environment win, so the same command can
-point at a real server.
+point at a real server. The run goes into the Dagster instance of `make dev` (same
+`DAGSTER_HOME`, storage in PostgreSQL), so the UI shows it; `make stop` stops the embedded server.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ DEMO_DAYS = 7
 
 
 def main() -> int:
-    os.environ["ITRESUME_PROFILE"] = "local"
-    os.environ.setdefault("ITRESUME_HOME", os.path.abspath(".itresume"))
     # Known, harmless notices that would bury the report: the yaml log handler is "beta", and
     # pgserver's platformdirs falls back to /tmp when XDG_RUNTIME_DIR is unset.
     warnings.filterwarnings("ignore", message=".*yaml-defined logging configuration.*")
@@ -30,10 +29,14 @@ def main() -> int:
     from dagster import DagsterInstance
 
     from itresume_pipeline import settings
+    from itresume_pipeline.local.dev import DevError, prepare_environment
     from itresume_pipeline.local.simulator import ApiSimulator
 
-    home = settings.home()
-    home.mkdir(parents=True, exist_ok=True)
+    try:
+        env = prepare_environment()  # the local profile, ITRESUME_HOME, DAGSTER_HOME of make dev
+    except DevError as exc:
+        print(f"itresume-demo: {exc}", file=sys.stderr)
+        return 2
     began = time.perf_counter()
     with ApiSimulator(client=DEMO_CLIENT, client_key=DEMO_CLIENT_KEY) as simulator:
         os.environ.setdefault("ITRESUME_API_URL", simulator.url)
@@ -49,8 +52,8 @@ def main() -> int:
         today = datetime.now(UTC).date()
         first, last = today - timedelta(days=DEMO_DAYS), today - timedelta(days=1)
         print(f"materializing {first} .. {last} through Dagster (one run) ...")
-        dagster_home = _demo_instance_dir(home)
-        instance = DagsterInstance.from_config(str(dagster_home))
+        dagster_home = env.dagster_home
+        instance = DagsterInstance.get()
         result = defs.resolve_job_def(DAILY_JOB_NAME).execute_in_process(
             instance=instance,
             run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
@@ -66,19 +69,6 @@ def main() -> int:
         _print_report(first, last, dagster_home, result.run_id)
     print(f"done in {time.perf_counter() - began:.1f} s")
     return 0
-
-
-def _demo_instance_dir(home):
-    """A local (SQLite) Dagster instance that keeps the demo's runs and writes dated log files."""
-    import yaml
-
-    from itresume_pipeline.logs import python_logs_settings
-
-    dagster_home = home / "dagster-demo"
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    config = {"python_logs": python_logs_settings(), "telemetry": {"enabled": False}}
-    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-    return dagster_home
 
 
 def _database_description() -> str:
@@ -112,6 +102,7 @@ def _print_report(first, last, dagster_home, run_id: str) -> None:
     print(f"  Dagster run     {run_id} (instance {dagster_home})")
     print(f"  log files       {settings.log_dir()}/<today>.txt")
     print(f"  ITRESUME_HOME   {settings.home()}")
+    print("the run shows in `make dev`; `make stop` stops the embedded PostgreSQL")
 
 
 if __name__ == "__main__":

