@@ -46,7 +46,9 @@ def main() -> int:
         "landing": LandingZone(root=str(settings.home())),  # ITRESUME_HOME, set by the benchmark
     }
     if "sheets_report" in spec["assets"]:
-        resources["sheets"] = SheetsResource()
+        resources["sheets"] = SheetsResource(
+            backend="csv", local_dir=str(settings.sheets_local_dir())
+        )
     first, last = spec["first_day"], spec["last_day"]
     partition = first if first == last else None
     tags = None if partition else range_tags(first, last)
@@ -56,6 +58,7 @@ def main() -> int:
         resources=resources,
         partition_key=partition,
         tags=tags,
+        run_config=spec.get("run_config"),
         instance=DagsterInstance.ephemeral(),
         raise_on_error=False,
     )

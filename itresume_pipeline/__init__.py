@@ -1,15 +1,10 @@
 """IT Resume attempt statistics -> PostgreSQL -> daily metrics -> Google Sheets, on Dagster.
 
-`defs` (the pipeline code location) is imported on first use, not with the package: the
-alerting location (`itresume_pipeline.alerting`) imports modules of this package and must load
-even when a pipeline setting stops `itresume_pipeline.definitions` from loading.
-"""
+`defs` is imported on first use, so the alerting location loads even when this one cannot."""
 
 from __future__ import annotations
 
 from typing import Any
-
-__all__ = ["defs"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,5 +15,5 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__() -> list[str]:
+def __dir__() -> list[str]:  # Dagster finds `defs` in `dir(module)`
     return sorted([*globals(), "defs"])

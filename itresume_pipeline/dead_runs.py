@@ -1,122 +1,55 @@
-"""Runs whose process died (kill -9, OOM killer, a reboot) without recording an end.
-
-Dagster's run monitoring (`run_monitoring` in the shipped dagster.yaml) fails runs stuck in
-STARTING or CANCELING, but it can only check a *started* run's worker through the run launcher,
-and the DefaultRunLauncher of this deployment has no such health check; a run started by
-`dagster asset materialize` has no launcher at all. Such a run would stay STARTED for ever and
-nobody would be told.
-
-So we look ourselves: every Dagster event records the pid of the process that emitted it, and a
-run's RUN_START comes from its worker. A STARTED run whose worker process no longer exists on
-this host, is a zombie, or is a newer process that reused the pid, is dead: `find_dead_runs`
-reports it, the caller marks it failed with `instance.report_run_failed`, and the failure
-sensor e-mails it like any other failure.
-
-This assumes the run workers run on the host of the code server that evaluates the sensor, as
-with the DefaultRunLauncher and the CLI. Launchers that place runs elsewhere (Kubernetes, Docker,
-ECS) implement Dagster's health check, and with one of those `find_dead_runs` stands aside.
-"""
-
-from __future__ import annotations
+"""Fails STARTED runs whose process (on this host) died, found by their recorded pid: Dagster's run
+monitoring cannot health-check the default launcher's workers, nor `dagster asset materialize`."""
 
 import os
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
-from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
-
-# A process that started this much later than its run recorded the pid is another process.
-_START_SLACK_S = 2.0
-_PROC = Path("/proc")
+import dagster as dg
 
 
-@dataclass(frozen=True)
-class DeadRun:
-    run: DagsterRun
-    pid: int
-
-    def message(self) -> str:
-        return (
-            f"The process of this run (pid {self.pid}) is gone: it was killed or crashed "
-            "without recording an end. Marked failed by the dead_run_detector sensor."
-        )
-
-
-def recorded_pid(instance: DagsterInstance, run_id: str) -> tuple[int, float] | None:
-    """The pid of the process that started the run, and when it said so.
-
-    Every Dagster event carries the pid of the process that emitted it; RUN_START comes from the
-    run worker itself (not from a step subprocess of the multiprocess executor, whose pids come
-    and go while the run is healthy).
-    """
-    records = instance.get_records_for_run(
-        run_id, of_type=DagsterEventType.RUN_START, limit=1
-    ).records
-    for record in records:
-        entry = record.event_log_entry
-        pid = getattr(entry.dagster_event, "pid", None)
-        if isinstance(pid, int) and pid > 0:
-            return pid, entry.timestamp
-    return None
-
-
-def _boot_time() -> float | None:
-    try:
-        for line in (_PROC / "stat").read_text().splitlines():
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    except OSError:
-        return None
-    return None
+def recorded_pid(instance: dg.DagsterInstance, run_id: str) -> tuple[int, float] | None:
+    """The pid of the run worker (RUN_START comes from it, not a step subprocess), and when."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.RUN_START, limit=1)
+    entry = records.records[0].event_log_entry if records.records else None
+    pid = getattr(getattr(entry, "dagster_event", None), "pid", None)
+    return (pid, entry.timestamp) if entry and isinstance(pid, int) and pid > 0 else None
 
 
 def process_alive(pid: int, recorded_at: float) -> bool:
-    """Is `pid` still the process that recorded itself at `recorded_at`?
-
-    With /proc: it exists, is not a zombie (a killed child nobody reaped yet), and did not start
-    after `recorded_at` (pid reuse). Without /proc, only whether the pid exists.
-    """
+    """Is ``pid`` still the recorder: not gone, not a zombie, not started later (a reused pid)?"""
     try:
-        stat = (_PROC / str(pid) / "stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()
     except FileNotFoundError:
         return False
-    except OSError:
-        return _pid_exists(pid)
-    fields = stat.rsplit(")", 1)[-1].split()  # the command name may hold spaces and ")"
-    if fields[0] in ("Z", "X"):
-        return False
-    boot = _boot_time()
-    if boot is None:
-        return True
+    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)  # start times count from boot
     started = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    return started <= recorded_at + _START_SLACK_S
+    return fields[0] not in ("Z", "X") and started <= recorded_at + 2.0  # 2 s of slack
 
 
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: it exists
-        return True
-    return True
-
-
-def find_dead_runs(instance: DagsterInstance) -> list[DeadRun]:
-    """STARTED runs whose recorded process is gone, re-checked to still be STARTED.
-
-    The re-check after the process check closes the race with a run that just finished: a
-    worker records its end before it exits, so a run still STARTED once its process is gone
-    will never end by itself.
-    """
+@dg.sensor(
+    name="dead_run_detector",
+    description="Fails STARTED runs whose process is gone, so that run_failure_alert mails them.",
+    minimum_interval_seconds=60,  # with the daemon's own delays, failed within about 2 minutes
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def dead_run_detector(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    """Fails each dead run once: on the next tick it is no longer STARTED."""
+    instance = context.instance
     if instance.run_launcher.supports_check_run_worker_health:
-        return []  # Dagster's run monitoring watches these workers
-    dead: list[DeadRun] = []
-    for run in instance.get_runs(filters=RunsFilter(statuses=[DagsterRunStatus.STARTED])):
+        return dg.SkipReason("the run launcher's health check watches these workers")
+    if not Path("/proc").is_dir():
+        return dg.SkipReason("no /proc on this host: process start times cannot be checked")
+    failed = []
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         recorded = recorded_pid(instance, run.run_id)
-        if recorded is None or process_alive(*recorded):
+        alive = recorded is None or process_alive(*recorded)
+        # Re-read: a worker records its end before it exits, so a run still STARTED now never ends.
+        fresh = None if alive else instance.get_run_by_id(run.run_id)
+        if fresh is None or fresh.status != dg.DagsterRunStatus.STARTED:
             continue
-        fresh = instance.get_run_by_id(run.run_id)
-        if fresh is not None and fresh.status == DagsterRunStatus.STARTED:
-            dead.append(DeadRun(fresh, recorded[0]))
-    return dead
+        message = f"dead_run_detector: pid {recorded[0]} is gone, killed or crashed without an end"
+        context.log.warning(f"run {run.run_id}: {message}")
+        instance.report_run_failed(fresh, message)
+        failed.append(run.run_id)
+    return dg.SkipReason(f"marked failed: {', '.join(failed)}" if failed else "no dead runs")

@@ -7,16 +7,14 @@ from itresume_pipeline.assets.common import GROUP
 DAILY_JOB_NAME = "itresume_daily"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
-# Every run of the job calls the statistics API; the shipped dagster.yaml caps how many such runs
-# the queue lets run at once (`tag_concurrency_limits` on this key).
+# Every run calls the statistics API; the shipped dagster.yaml caps such runs on this tag.
 API_CONCURRENCY_TAG = "itresume/api"
-API_CONCURRENCY_VALUE = "statistics"
 
 daily_job = define_asset_job(
     DAILY_JOB_NAME,
     selection=AssetSelection.groups(GROUP),
     description="Fetch, load, aggregate and report attempts for the selected UTC day(s).",
-    tags={API_CONCURRENCY_TAG: API_CONCURRENCY_VALUE},
+    tags={API_CONCURRENCY_TAG: "statistics"},
 )
 
 

@@ -9,22 +9,18 @@ from dagster import BackfillPolicy, BetaWarning, DailyPartitionsDefinition, Time
 
 from itresume_pipeline import settings
 
-daily_partitions = DailyPartitionsDefinition(
-    start_date=settings.partitions_start_date(), timezone="UTC", end_offset=0
-)
+daily_partitions = DailyPartitionsDefinition(settings.partitions_start_date(), timezone="UTC")
 
-# `backfill_policy` is flagged beta, but it is the documented way to backfill a range in one run;
-# the warning would otherwise greet every CLI call and UI reload.
+# `backfill_policy` is flagged beta but is the documented way to backfill a range in one run
+# (per-run start-up costs seconds); its warning would greet every CLI call and UI reload.
 warnings.filterwarnings("ignore", message=".*backfill_policy.*", category=BetaWarning)
-
-# A range is one run, not one run per day: per-run start-up costs several seconds here.
 single_run_backfill = BackfillPolicy.single_run()
 
 
 def days_in_window(window: TimeWindow) -> list[date]:
     """The UTC days covered by a half-open partition time window."""
-    first, stop = window.start.date(), window.end.date()
-    return [first + timedelta(days=offset) for offset in range((stop - first).days)]
+    first = window.start.date()
+    return [first + timedelta(days=n) for n in range((window.end.date() - first).days)]
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
@@ -34,8 +30,6 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 
 
 def describe_days(days: list[date]) -> str:
-    if not days:
-        return "no days"
-    if len(days) == 1:
-        return days[0].isoformat()
+    if len(days) < 2:
+        return days[0].isoformat() if days else "no days"
     return f"{days[0].isoformat()}..{days[-1].isoformat()} ({len(days)} days)"

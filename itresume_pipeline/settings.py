@@ -1,36 +1,25 @@
-"""The environment, read at call time (so tests can vary it), with one error type for bad values.
-
-The one module that reads the environment: the others call these functions, or get resource
-fields bound from them in `itresume_pipeline.resources` (secrets as `EnvVar`s, see `secret`).
-Every setting is checked where it is read, and a bad one raises `SettingError`, whose message
-names the variable. `SettingError` is a Dagster `Failure` that forbids retries: no retry can fix
-a typo in a deployment, so a run fails at once instead of burning its retry budget.
-
-Two profiles:
-- production (`ITRESUME_PROFILE` unset): nothing falls back to the local rig. A missing database
-  URL, API credentials or Sheets settings fail the run that needs them, naming the variable.
-- local (`ITRESUME_PROFILE=local`, set by `make demo`, `make dev` and `itresume-dev env`): the
-  API simulator, the embedded PostgreSQL, the CSV sheet and the `.eml` outbox fill the gaps.
-"""
+"""The one module that reads the environment, at call time (so tests can vary it). A bad value
+raises `SettingError` naming the variable; only `ITRESUME_PROFILE=local` falls back to the rig."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 from datetime import date
 from email.utils import getaddresses
+from functools import lru_cache
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from dagster import EnvVar, Failure
 
 DEFAULT_API_URL = "https://b2b.itresume.ru/api/statistics"
-DEFAULT_START_DATE = "2023-04-01"
 DEFAULT_SCHEMA = "itresume"
-DEFAULT_DAGSTER_URL = "http://localhost:3000"
-DEFAULT_API_DEADLINE_S = 900.0
 
 PROFILE_VAR = "ITRESUME_PROFILE"
 LOCAL_PROFILE = "local"
-PRODUCTION_PROFILE = "production"
 LOCAL_PROFILE_MEANS = (
     "unset settings are filled by the local rig (API simulator, embedded PostgreSQL, "
     "CSV sheet, .eml outbox)"
@@ -38,7 +27,7 @@ LOCAL_PROFILE_MEANS = (
 
 
 class SettingError(Failure):
-    """A setting is missing or malformed. The message names the variable; retries are off."""
+    """A setting is missing or malformed; retries are off, since no retry fixes a typo."""
 
     def __init__(self, message: str) -> None:
         super().__init__(description=message, allow_retries=False)
@@ -46,88 +35,55 @@ class SettingError(Failure):
 
 def env(name: str, default: str = "") -> str:
     """An environment variable with surrounding blanks removed; empty counts as unset."""
-    value = os.environ.get(name, "").strip()
-    return value or default
-
-
-def required(name: str, *, needed_for: str) -> str:
-    """A variable that must be set; the error says whether it is unset or set but empty."""
-    value = env(name)
-    if value:
-        return value
-    raise missing(name, needed_for=needed_for)
+    return os.environ.get(name, "").strip() or default
 
 
 def absent(name: str) -> str:
-    """How a variable without a value is missing, for error messages."""
     return "is set but empty" if name in os.environ else "is not set"
 
 
 def missing(name: str, *, needed_for: str) -> SettingError:
-    """The error for a required variable without a value: unset, or set but empty."""
     return SettingError(f"{name} {absent(name)}: it is required for {needed_for}")
 
 
-def secret(name: str) -> EnvVar | str:
-    """A secret for a resource field: an `EnvVar`, so the Dagster UI shows its name only.
+def required(name: str, *, needed_for: str) -> str:
+    if not (value := env(name)):
+        raise missing(name, needed_for=needed_for)
+    return value
 
-    An unset one is bound empty instead. Dagster refuses to create a run whose `EnvVar` is unset
-    (a config error, before any resource runs), so the local profile could not fill the gap and
-    production would get no failed run to alert on; an empty field lets the resource that needs
-    it fail the run with a `SettingError` naming the variable (see `missing`).
-    """
+
+def secret(name: str) -> EnvVar | str:
+    """An `EnvVar`, so the UI shows only the name; empty when unset, so the resource names it."""
     return EnvVar(name) if name in os.environ else ""
 
 
-def profile() -> str:
-    """`local` or `production`; anything else is an error rather than a guess."""
-    raw = env(PROFILE_VAR).lower()
-    if raw in ("", PRODUCTION_PROFILE):
-        return PRODUCTION_PROFILE
-    if raw == LOCAL_PROFILE:
-        return LOCAL_PROFILE
-    raise SettingError(
-        f"{PROFILE_VAR}={env(PROFILE_VAR)!r} is not a profile: use {LOCAL_PROFILE!r} for the "
-        "local rig, or leave it unset for production"
-    )
-
-
 def is_local() -> bool:
-    return profile() == LOCAL_PROFILE
+    """The profile is `production` (unset) or `local`; anything else is an error, not a guess."""
+    return choice(PROFILE_VAR, ("production", LOCAL_PROFILE)) == LOCAL_PROFILE
+
+
+def number(
+    name: str, default: float, *, minimum: float, maximum: float = math.inf, kind: type = float
+) -> float:
+    if not (raw := env(name)):
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise SettingError(f"{name}={raw!r} is not {noun}") from None
+    if not value >= minimum:  # also refuses nan
+        raise SettingError(f"{name}={raw!r} must be at least {minimum:g}")
+    if value > maximum:
+        raise SettingError(f"{name}={raw!r} must be at most {maximum:g}")
+    return value
 
 
 def integer(name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
-    """A whole number from `minimum` to `maximum`; garbage or a value outside names the variable."""
-    raw = env(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingError(f"{name}={raw!r} is not a whole number") from None
-    if value < minimum:
-        raise SettingError(f"{name}={raw!r} must be at least {minimum}")
-    if maximum is not None and value > maximum:
-        raise SettingError(f"{name}={raw!r} must be at most {maximum}")
-    return value
-
-
-def number(name: str, default: float, *, minimum: float) -> float:
-    """A number greater than or equal to `minimum` (seconds, usually)."""
-    raw = env(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingError(f"{name}={raw!r} is not a number") from None
-    if not value >= minimum:  # also refuses nan
-        raise SettingError(f"{name}={raw!r} must be at least {minimum:g}")
-    return value
+    return int(number(name, default, minimum=minimum, maximum=maximum or math.inf, kind=int))
 
 
 def choice(name: str, choices: tuple[str, ...]) -> str:
-    """One of `choices` (case aside); unset is the first."""
     raw = env(name, choices[0])
     if raw.lower() not in choices:
         raise SettingError(f"{name}={raw!r} is not one of {', '.join(choices)}")
@@ -149,7 +105,6 @@ def addresses(name: str, *, single: bool = False) -> str:
 
 
 def readable_file(name: str) -> str:
-    """A path to an existing file, or empty."""
     raw = env(name)
     if raw and not Path(raw).expanduser().is_file():
         raise SettingError(f"{name}={raw!r} is not a readable file")
@@ -157,8 +112,7 @@ def readable_file(name: str) -> str:
 
 
 def home() -> Path:
-    """`$ITRESUME_HOME`: landing files, logs, outbox, local sheet and the embedded database."""
-    return Path(env("ITRESUME_HOME", "./.itresume")).expanduser().absolute()
+    return Path(env("ITRESUME_HOME", ".itresume")).expanduser().absolute()
 
 
 def embedded_pg_dir() -> Path:
@@ -170,31 +124,46 @@ def sheets_local_dir() -> Path:
 
 
 def outbox_dir() -> Path:
-    """`$ITRESUME_OUTBOX_DIR`, else `$ITRESUME_HOME/outbox`: where alert e-mails wait."""
-    explicit = env("ITRESUME_OUTBOX_DIR")
-    return Path(explicit).expanduser().absolute() if explicit else home() / "outbox"
-
-
-def dagster_url() -> str:
-    """`ITRESUME_DAGSTER_URL`, the UI the alert e-mails link runs to."""
-    return env("ITRESUME_DAGSTER_URL", DEFAULT_DAGSTER_URL)
+    return Path(env("ITRESUME_OUTBOX_DIR") or home() / "outbox").expanduser().absolute()
 
 
 def log_dir() -> Path:
-    return Path(env("ITRESUME_LOG_DIR", str(home() / "logs"))).expanduser().absolute()
+    return Path(env("ITRESUME_LOG_DIR") or home() / "logs").expanduser().absolute()
+
+
+def dagster_url() -> str:
+    return env("ITRESUME_DAGSTER_URL", "http://localhost:3000")
 
 
 def partitions_start_date() -> str:
-    """`ITRESUME_START_DATE`, the first daily partition, as an ISO date."""
-    raw = env("ITRESUME_START_DATE", DEFAULT_START_DATE)
+    raw = env("ITRESUME_START_DATE", "2023-04-01")
     try:
         return date.fromisoformat(raw).isoformat()
     except ValueError:
-        raise SettingError(
-            f"ITRESUME_START_DATE={raw!r} is not a date: use YYYY-MM-DD, e.g. {DEFAULT_START_DATE}"
-        ) from None
+        raise SettingError(f"ITRESUME_START_DATE={raw!r} is not a date (YYYY-MM-DD)") from None
 
 
 def api_deadline_s() -> float:
-    """`ITRESUME_API_DEADLINE_S`: the total time one API call may take, body included."""
-    return number("ITRESUME_API_DEADLINE_S", DEFAULT_API_DEADLINE_S, minimum=1)
+    return number("ITRESUME_API_DEADLINE_S", 900.0, minimum=1)
+
+
+def secret_values() -> frozenset[str]:
+    """The secret values configured right now, read on every call."""
+    found = {
+        env(n) for n in ("ITRESUME_CLIENT_KEY", "ITRESUME_SMTP_PASSWORD", "DAGSTER_PG_PASSWORD")
+    }
+    for name in ("ITRESUME_DATABASE_URL", "DAGSTER_PG_URL"):
+        with contextlib.suppress(ValueError):  # a malformed URL: no password to find
+            found.add(unquote(urlsplit(env(name)).password or ""))
+    with contextlib.suppress(OSError, ValueError):  # the service account's key; no file, not JSON
+        path = os.path.expanduser(env("ITRESUME_SHEETS_CREDENTIALS"))
+        stat = os.stat(path)
+        found.add(_private_key(path, stat.st_mtime_ns, stat.st_size))
+    return frozenset(found - {""})
+
+
+@lru_cache(maxsize=8)  # keyed on mtime and size, so an edit is re-read
+def _private_key(path: str, mtime_ns: int, size: int) -> str:
+    info = json.loads(Path(path).read_text(encoding="utf-8"))
+    key = info.get("private_key") if isinstance(info, dict) else None
+    return key if isinstance(key, str) else ""

@@ -38,11 +38,11 @@ from itresume_pipeline.local.sheets_emulator import SheetsEmulator
 from itresume_pipeline.local.simulator import ApiSimulator, generate_day
 from itresume_pipeline.partitions import day_bounds
 from itresume_pipeline.payload import count_records
-from itresume_pipeline.records import validate_record
 from itresume_pipeline.resources.api import ItResumeApiResource
 from itresume_pipeline.resources.mail import MailResource
 from itresume_pipeline.resources.postgres import PostgresResource
 from itresume_pipeline.resources.sheets import SheetsResource
+from itresume_pipeline_tests.reference import reference_attempt
 
 # -- the test client ---------------------------------------------------------------------------
 
@@ -146,7 +146,7 @@ def day_records(simulator: ApiSimulator, day: date = DAY) -> list[dict]:
 
 def expected_attempts(records: list[dict]) -> list[tuple]:
     """What `attempts` must hold for these (valid, in-window, distinct) records, sorted."""
-    return sorted((tuple(validate_record(r)) for r in records), key=repr)
+    return sorted((tuple(reference_attempt(r)) for r in records), key=repr)
 
 
 def metric_row(records: list[dict]) -> tuple[int, int, int]:

@@ -1,8 +1,8 @@
 """A deliberately plain statement of the record rules, to hold the fast lanes to.
 
 Whole-payload `json.loads`, `ast.literal_eval` for every passback, one isinstance check at a
-time. Slow and memory-hungry on purpose: it shares nothing with `itresume_pipeline.records`
-but the `Attempt` row type, so the two agreeing means something.
+time, and a COPY writer of its own. Slow and memory-hungry on purpose: it shares nothing with
+`itresume_pipeline.records`, so the two agreeing means something.
 """
 
 from __future__ import annotations
@@ -11,11 +11,41 @@ import ast
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-
-from itresume_pipeline.records import Attempt
+from typing import NamedTuple
 
 MAX_FIELD_CHARS = 10_000
 PASSBACK_KEYS = ("oauth_consumer_key", "lis_result_sourcedid", "lis_outcome_service_url")
+
+
+class Attempt(NamedTuple):
+    """One row of ``attempts``, in table column order."""
+
+    user_id: str
+    oauth_consumer_key: str | None
+    lis_result_sourcedid: str | None
+    lis_outcome_service_url: str | None
+    is_correct: bool | None
+    attempt_type: str
+    created_at: datetime
+
+
+def reference_line(a: Attempt) -> str:
+    """The row as one line of PostgreSQL COPY text format."""
+
+    def text(value: str | None) -> str:
+        if value is None:
+            return "\\N"
+        for char, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"), ("\r", "\\r")):
+            value = value.replace(char, escaped)
+        return value
+
+    t = a.created_at
+    stamp = (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond:06d}"
+    )
+    flag = {None: "\\N", True: "t", False: "f"}[a.is_correct]
+    return "\t".join([a.user_id, *map(text, a[1:4]), flag, a.attempt_type, stamp]) + "\n"
 
 
 class Refused(ValueError):

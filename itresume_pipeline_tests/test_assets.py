@@ -12,7 +12,7 @@ from psycopg import sql
 from itresume_pipeline.assets.ingestion import attempt_checks, postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
 from itresume_pipeline.jobs import range_tags
-from itresume_pipeline.loading import DayLoad, replace_days
+from itresume_pipeline.loading import DayLoad, add_day_partitions, replace_days
 from itresume_pipeline.local.simulator import generate_day, render_day_json
 from itresume_pipeline_tests.helpers import (
     DAY,
@@ -191,6 +191,8 @@ def test_attempt_checks_find_rows_outside_the_window_and_empty_users(warehouse):
     """The checks read the table: rows a run wrote outside its day, and empty user ids."""
     day = date(2024, 10, 8)
     with warehouse.connect() as conn, conn.transaction():
+        for partition_day in (day, date(2024, 10, 9)):
+            add_day_partitions(conn, warehouse, partition_day)
         conn.execute("SELECT set_config('itresume.run_id', 'run-a', true)")
         conn.execute(
             sql.SQL(

@@ -20,9 +20,9 @@ import dagster as dg
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus
 
-from itresume_pipeline.dead_runs import process_alive, recorded_pid
+from itresume_pipeline.dead_runs import dead_run_detector, process_alive, recorded_pid
 from itresume_pipeline.local.simulator import ApiSimulator
-from itresume_pipeline.sensors import dead_run_detector, run_failure_alert
+from itresume_pipeline.sensors import run_failure_alert
 from itresume_pipeline_tests.helpers import TEST_CLIENT, TEST_CLIENT_KEY, mail_for, smtp_server
 
 pytestmark = pytest.mark.processes  # each test starts a Dagster CLI run or a child process

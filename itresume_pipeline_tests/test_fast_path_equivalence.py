@@ -1,8 +1,8 @@
 """The streaming fast path (payload.process_day) against the plain reference (reference_rows).
 
-process_day takes the API's exact record shape through a fast lane that skips building an
-`Attempt` (canonical-timestamp text compared as text, passback by regex, batch-wise dedupe) and
-sends everything else through `to_row`. Whole generated payloads must give exactly the rows, the
+process_day takes the structs msgspec decodes through the column lane (each value rule proven
+for a whole column, the window compared as text, batch-wise dedupe) and sends every record the
+typed decode refuses through `to_row`. Whole generated payloads must give exactly the rows, the
 quarantine, the counts and the metrics of `reference_rows`, whatever the chunking.
 
 Both hold a bad record to one rule: it is quarantined once, under its own day. A bad record whose
@@ -22,11 +22,10 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from itresume_pipeline.columns import column_lines, decode_records
 from itresume_pipeline.local.simulator import render_day_json
 from itresume_pipeline.payload import Counts, process_day
-from itresume_pipeline.records import to_copy_line
-from itresume_pipeline_tests.reference import reference_moment, reference_rows
+from itresume_pipeline.records import ApiRecord, column_lines, decode_records
+from itresume_pipeline_tests.reference import reference_line, reference_moment, reference_rows
 
 DAY = date(2024, 10, 8)
 START = datetime(2024, 10, 8)
@@ -159,6 +158,11 @@ def payloads(draw: st.DrawFn, plain: bool = False) -> bytes:
     return orjson.dumps(items)
 
 
+def untyped(payload: bytes) -> list[int]:
+    """Indices of the records the typed decode refused: the per-record lane judges them."""
+    return [i for i, record in enumerate(decode_records(payload)) if type(record) is not ApiRecord]
+
+
 def run_fast(
     payload: bytes, chunk_size: int, start: datetime = START, end: datetime = END
 ) -> tuple[list[str], list[tuple[str, str]], Counts]:
@@ -186,7 +190,7 @@ def assert_equivalent(
     lines, rejected, stats = run_fast(payload, chunk_size, start, end)
 
     # the rows, in order, as COPY lines
-    assert lines == [to_copy_line(a) for a in expected.rows]
+    assert lines == [reference_line(a) for a in expected.rows]
     # the quarantine: the same records, in order, each for a reason naming the same field
     assert [orjson.loads(raw) for _, raw in rejected] == [rec for _, rec in expected.rejected]
     assert [reason.split(":", 1)[0] for reason, _ in rejected] == [
@@ -220,7 +224,7 @@ def test_process_day_equals_the_reference(payload: bytes, chunk_size: int) -> No
 @given(payloads(plain=True), st.sampled_from([64, 4096, 1 << 22]))
 def test_column_lane_equals_the_reference(payload: bytes, chunk_size: int) -> None:
     """Payloads msgspec decodes whole, so every record goes through the column lane first."""
-    assert not decode_records(payload).odd  # every record goes through the column lane first
+    assert not untyped(payload)  # every record goes through the column lane first
     assert_equivalent(payload, chunk_size)
 
 
@@ -272,8 +276,8 @@ def test_a_bad_record_is_quarantined_once_under_its_own_day_in_both_lanes() -> N
     repeated = {**good, "passback_params": "{'a': 1}"}
     plain = [good, tomorrow, at_end, last, unreadable, repeated, repeated, good]
     mixed = [*plain, "not an object", "not an object"]
-    assert not decode_records(orjson.dumps(plain)).odd  # the column lane first
-    assert sorted(decode_records(orjson.dumps(mixed)).odd) == [8, 9]  # to_row judges them
+    assert not untyped(orjson.dumps(plain))  # the column lane first
+    assert untyped(orjson.dumps(mixed)) == [8, 9]  # to_row judges them
     next_day = (END, END + timedelta(days=1))
     for chunk_size in (1, 64, 1 << 22):
         rejected = assert_equivalent(orjson.dumps(plain), chunk_size)
@@ -295,7 +299,7 @@ def test_a_bad_record_is_quarantined_once_under_its_own_day_in_both_lanes() -> N
         assert [orjson.loads(raw) for _, raw in rejected] == [tomorrow, at_end, unreadable]
 
 
-def test_column_lane_leaves_odd_records_to_the_per_record_lane() -> None:
+def test_column_lane_judges_odd_but_typed_records_itself() -> None:
     user = "a" * 32
     good = {
         "lti_user_id": user,
@@ -307,22 +311,21 @@ def test_column_lane_leaves_odd_records_to_the_per_record_lane() -> None:
     odd = [
         {**good, "lti_user_id": user.upper()},  # lower-cased in the column
         {**good, "created_at": "2024-10-08T10:00:00"},  # accepted, normalized
-        {**good, "passback_params": repr({"lis_result_sourcedid": "O'Reilly"})},  # scanned
-        {**good, "created_at": "2024-10-09 00:00:00.000000"},  # out of the window
-        {**good, "attempt_type": "RUN"},  # refused by the typed decode, rejected
+        {**good, "passback_params": repr({"lis_result_sourcedid": "O'Reilly"})},  # double-quoted
+        {**good, "created_at": "2024-10-09 00:00:00.000000"},  # the caller's window decides
+        {**good, "lti_user_id": "g" * 32, "passback_params": "{'a': 1}"},  # the first field wins
         {**good, "passback_params": "{'a': 1}"},  # rejected
     ]
-    payload = orjson.dumps([good, *odd, good])
-    lines, undecided = column_lines(
-        decode_records(payload),
-        START.isoformat(" ", "microseconds"),
-        END.isoformat(" ", "microseconds"),
-    )
-    assert undecided == [2, 4, 5, 6]
-    assert lines[1] == lines[0]
+    lines, reasons, created = column_lines(decode_records(orjson.dumps([good, *odd, good])))
+    assert lines[0] == lines[1] == lines[2] == lines[7]
+    assert lines[0] == f"{user}\t\ts\t\\N\tt\trun\t2024-10-08 10:00:00.000000\n"
     assert lines[3] == f"{user}\t\\N\tO'Reilly\t\\N\tt\trun\t2024-10-08 10:00:00.000000\n"
-    assert lines[0] == lines[7] == f"{user}\t\ts\t\\N\tt\trun\t2024-10-08 10:00:00.000000\n"
-    assert_equivalent(payload, 1 << 22)
+    assert created[4] == "2024-10-09 00:00:00.000000" and lines[4] is not None
+    assert sorted(reasons) == [5, 6] and lines[5] is None and lines[6] is None
+    assert reasons[5].startswith("lti_user_id: ") and reasons[6].startswith("passback_params: ")
+    assert created[5] == created[0]  # a bad record still has its own day
+    refused = {**good, "attempt_type": "RUN"}  # refused by the typed decode: to_row judges it
+    assert_equivalent(orjson.dumps([good, *odd, refused, good]), 1 << 22)
 
 
 @settings(max_examples=20, deadline=None)
@@ -358,11 +361,10 @@ def test_a_few_odd_records_keep_the_rest_of_the_chunk_in_the_column_lane() -> No
     }
     records = [odd.get(i, record) for i, record in enumerate(good)]
     payload = orjson.dumps(records)
-    chunk = decode_records(payload)
-    assert sorted(chunk.odd) == [10, 25, 30]
-    assert chunk.odd[25] == odd[25]
+    assert untyped(payload) == [10, 25, 30]
+    assert decode_records(payload)[25] == odd[25]
     assert_equivalent(payload, 1 << 22)
 
     many = orjson.dumps([{**record, "is_correct": 2} for record in good[:40]] + good[40:])
-    assert sorted(decode_records(many).odd) == list(range(40))  # the other 60 stay typed
+    assert untyped(many) == list(range(40))  # the other 60 stay typed
     assert_equivalent(many, 1 << 22)

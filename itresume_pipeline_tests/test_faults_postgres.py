@@ -31,6 +31,7 @@ from psycopg import sql
 
 from itresume_pipeline.assets.ingestion import postgres_attempts, raw_attempts
 from itresume_pipeline.assets.metrics import daily_metrics
+from itresume_pipeline.loading import add_day_partitions
 from itresume_pipeline.local.simulator import ApiSimulator, generate_day
 from itresume_pipeline.resources.postgres import (
     DAY_LOCK_NAMESPACE,
@@ -51,6 +52,7 @@ from itresume_pipeline_tests.helpers import (
     db_state,
     expected_attempts,
     failure_text,
+    metadata,
     metric_row,
     run_pipeline,
     seed_day,
@@ -321,7 +323,8 @@ def test_the_same_day_twice_at_once_is_serialized_without_duplicates(
         run_ids = conn.execute(
             sql.SQL("SELECT DISTINCT run_id FROM {}").format(warehouse.table("attempts"))
         ).fetchall()
-    assert run_ids == [(results[1].run_id,)]  # the later load replaced the earlier one whole
+    assert run_ids == [(results[0].run_id,)]  # the later load found the payload loaded already
+    assert metadata(results[1], "postgres_attempts")["unchanged_days"] == [day.isoformat()]
 
 
 # -- first use of the schema by a fresh process ----------------------------------------------
@@ -344,6 +347,7 @@ def _first_use_in_background(warehouse: PostgresResource) -> tuple[threading.Thr
 
 def test_a_fresh_process_does_not_wait_for_a_running_load(warehouse: PostgresResource) -> None:
     with warehouse.connect() as load:  # a load, stopped inside its transaction
+        add_day_partitions(load, warehouse, DAY)
         warehouse.lock_days(load, [DAY])
         load.execute(
             sql.SQL(

@@ -121,10 +121,10 @@ BAD_RECORDS: list[tuple[dict[str, Any], str, str]] = [
     (rec("ts-null", created_at=None), "created_at", "got `null`"),
     (rec("ts-epoch", created_at=1728381600), "created_at", "got `int`"),
     (rec("ts-feb-30", created_at="2024-02-30 10:00:00"), "created_at", "not a real date"),
-    (rec("ts-hour-24", created_at="2024-10-08 24:00:00"), "created_at", "not a real date"),
-    (rec("ts-minute-60", created_at="2024-10-08 10:60:00"), "created_at", "not a real date"),
-    (rec("ts-leap-second", created_at="2024-10-08 23:59:60"), "created_at", "not a real date"),
-    (rec("ts-month-13", created_at="2024-13-01 00:00:00"), "created_at", "not a real date"),
+    (rec("ts-hour-24", created_at="2024-10-08 24:00:00"), "created_at", "YYYY-MM-DD"),
+    (rec("ts-minute-60", created_at="2024-10-08 10:60:00"), "created_at", "YYYY-MM-DD"),
+    (rec("ts-leap-second", created_at="2024-10-08 23:59:60"), "created_at", "YYYY-MM-DD"),
+    (rec("ts-month-13", created_at="2024-13-01 00:00:00"), "created_at", "YYYY-MM-DD"),
     (rec("ts-year-0", created_at="0000-10-08 10:00:00"), "created_at", "not a real date"),
     (rec("ts-offset", created_at="2024-10-08T10:00:00+03:00"), "created_at", "YYYY-MM-DD"),
     (rec("ts-date-only", created_at="2024-10-08"), "created_at", "YYYY-MM-DD"),
@@ -453,13 +453,14 @@ def mutated_arrays(draw: st.DrawFn) -> bytes:
 def test_fuzz_the_validator_raises_only_rejected_record(value: Any) -> None:
     """Any decoded value, lone surrogates included: a row, or a reason naming a field."""
     try:
-        attempt, line = to_row(value)
+        line = to_row(value)
     except RejectedRecord as exc:
         assert exc.field in FIELDS
         assert "\x00" not in exc.reason
         return
     assert line.endswith("\n") and line.count("\t") == 6
-    assert attempt.user_id == attempt.user_id.lower()
+    user_id = line.split("\t", 1)[0]
+    assert user_id == user_id.lower()
 
 
 @FUZZ

@@ -24,7 +24,6 @@ from itresume_pipeline.logs import (
     apply_retention,
     dated_file_executor,
     instance_wires_dated_file,
-    python_logs_settings,
     retention_days,
 )
 from itresume_pipeline.settings import SettingError
@@ -382,7 +381,6 @@ def test_one_line_per_record_whether_or_not_the_instance_wires_the_file(log_dir:
 
 
 def test_instance_wires_dated_file_reads_python_logs():
-    assert instance_wires_dated_file(python_logs_settings())
     assert instance_wires_dated_file(shipped_python_logs())
     assert not instance_wires_dated_file(None)
     assert not instance_wires_dated_file({})

@@ -22,8 +22,8 @@ from itresume_pipeline.payload import (
     iter_records,
     process_day,
 )
-from itresume_pipeline.records import MAX_FIELD_CHARS, to_copy_line
-from itresume_pipeline_tests.reference import reference_rows
+from itresume_pipeline.records import MAX_FIELD_CHARS
+from itresume_pipeline_tests.reference import reference_line, reference_rows
 from itresume_pipeline_tests.strategies import PASSBACK, USER, record, records
 
 START, END = datetime(2024, 10, 8), datetime(2024, 10, 9)
@@ -208,7 +208,7 @@ def field_of(reason: str) -> str:
 
 def assert_matches_reference(payload: bytes, batches: list[ProcessedBatch]) -> None:
     ref = reference_rows(payload, START, END)
-    assert b"".join(b.copy_data for b in batches).decode() == "".join(map(to_copy_line, ref.rows))
+    assert b"".join(b.copy_data for b in batches).decode() == "".join(map(reference_line, ref.rows))
     rejected = [
         (reason.split(":", 1)[0], json.loads(raw)) for b in batches for reason, raw in b.rejects
     ]

@@ -14,6 +14,7 @@ from itresume_pipeline.assets.reporting import sheets_report
 from itresume_pipeline.jobs import range_tags
 from itresume_pipeline.landing import LandingZone
 from itresume_pipeline.local.sheets_emulator import SheetsEmulator
+from itresume_pipeline.resources import sheets_resource
 from itresume_pipeline.resources.sheets import SheetsResource
 
 ALL_ASSETS = [raw_attempts, postgres_attempts, daily_metrics, sheets_report]
@@ -94,7 +95,7 @@ def test_an_injected_429_is_retried(api, warehouse):
 
 
 def test_with_nothing_configured_the_report_is_a_flagged_local_csv(api, warehouse, itresume_home):
-    result = run_all(api, warehouse, SheetsResource(), partition="2024-10-08")
+    result = run_all(api, warehouse, sheets_resource(), partition="2024-10-08")
     assert result.success
     path = itresume_home / "sheets" / "daily_metrics.csv"
     with path.open(newline="", encoding="utf-8") as handle:
@@ -126,7 +127,7 @@ def test_in_production_a_missing_sheet_setting_fails_the_run_and_writes_no_file(
 ):
     monkeypatch.delenv("ITRESUME_PROFILE")
 
-    result = run_all(api, warehouse, SheetsResource(), partition="2024-10-08")
+    result = run_all(api, warehouse, sheets_resource(), partition="2024-10-08")
 
     assert not result.success
     text = step_failure_text(result)

@@ -21,7 +21,7 @@ from dagster import (
 )
 
 from itresume_pipeline import defs
-from itresume_pipeline.jobs import DAILY_JOB_NAME
+from itresume_pipeline.jobs import DAILY_JOB_NAME, RANGE_END_TAG, RANGE_START_TAG, range_tags
 from itresume_pipeline.schedules import (
     DEFAULT_CRON,
     MAX_RETRIES_TAG,
@@ -57,26 +57,60 @@ def tick(scheduled: datetime, instance: DagsterInstance):
 
 
 def add_run(instance: DagsterInstance, day: str, status: DagsterRunStatus, job: str = "") -> str:
-    """A run of the day as the instance stores it, in `status`."""
+    """A run of the lookback range ending on `day` as the instance stores it, in `status`."""
     run_id = str(uuid.uuid4())
     instance.add_run(
         DagsterRun(
             job_name=job or DAILY_JOB_NAME,
             run_id=run_id,
             status=status,
-            tags={"dagster/partition": day},
+            tags=range_tags("2000-01-01", day),
         )
     )
     return run_id
 
 
-def test_a_tick_requests_yesterdays_partition_with_retries(shared_instance: DagsterInstance):
+def last_day(request) -> str:
+    return request.tags[RANGE_END_TAG]
+
+
+def test_a_tick_requests_the_lookback_days_ending_yesterday_with_retries(
+    shared_instance: DagsterInstance,
+):
     result = tick(datetime(2024, 10, 9, 1, 0, tzinfo=UTC), shared_instance)
     assert len(result.run_requests) == 1
     request = result.run_requests[0]
-    assert request.partition_key == "2024-10-08"
+    assert request.partition_key is None  # one run over a range of partitions
+    assert (request.tags[RANGE_START_TAG], last_day(request)) == ("2024-10-06", "2024-10-08")
     assert request.run_key == "2024-10-08"
     assert request.tags[MAX_RETRIES_TAG] == "2"
+
+
+@pytest.mark.parametrize(
+    ("lookback", "start", "first"),
+    [
+        ("1", "2023-04-01", "2024-10-08"),
+        ("10", "2023-04-01", "2024-09-29"),
+        ("30", "2024-10-01", "2024-10-01"),
+    ],
+)
+def test_the_lookback_comes_from_the_environment_and_stops_at_the_first_partition(
+    shared_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch, lookback, start, first
+):
+    monkeypatch.setenv("ITRESUME_LOOKBACK_DAYS", lookback)
+    monkeypatch.setenv("ITRESUME_START_DATE", start)
+    (request,) = tick(datetime(2024, 10, 9, 1, 0, tzinfo=UTC), shared_instance).run_requests
+    assert (request.tags[RANGE_START_TAG], last_day(request)) == (first, "2024-10-08")
+
+
+@pytest.mark.parametrize("lookback", ["0", "three", "400"])
+def test_a_bad_lookback_names_the_variable(
+    shared_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch, lookback: str
+):
+    monkeypatch.setenv("ITRESUME_LOOKBACK_DAYS", lookback)
+    with pytest.raises(Exception, match="evaluation of schedule") as raised:
+        tick(datetime(2024, 10, 9, 1, 0, tzinfo=UTC), shared_instance)
+    assert "ITRESUME_LOOKBACK_DAYS" in str(raised.value.__cause__)
 
 
 @pytest.mark.parametrize(
@@ -95,7 +129,7 @@ def test_partition_is_the_utc_day_before_the_tick(
     shared_instance: DagsterInstance, scheduled: datetime, partition: str
 ):
     assert partition_for_tick(scheduled) == partition
-    assert tick(scheduled, shared_instance).run_requests[0].partition_key == partition
+    assert last_day(tick(scheduled, shared_instance).run_requests[0]) == partition
 
 
 def test_the_one_schedule_is_on_from_the_start_and_runs_the_daily_job():
@@ -122,7 +156,7 @@ def test_an_hourly_cron_still_asks_for_yesterday(shared_instance: DagsterInstanc
         repository_def=defs.get_repository_def(),
     )
     request = schedule.evaluate_tick(context).run_requests[0]
-    assert (request.partition_key, request.run_key) == ("2024-10-08", "2024-10-08")
+    assert (last_day(request), request.run_key) == ("2024-10-08", "2024-10-08")
 
 
 @pytest.mark.parametrize(
@@ -153,7 +187,7 @@ def test_a_failed_day_is_tried_again_once_and_other_runs_do_not_block_it(
     add_run(instance, "2024-10-07", DagsterRunStatus.SUCCESS)  # another day
     add_run(instance, "2024-10-08", DagsterRunStatus.STARTED, job="some_other_job")
     (request,) = tick(datetime(2024, 10, 9, 1, 0, tzinfo=UTC), instance).run_requests
-    assert request.partition_key == "2024-10-08"
+    assert last_day(request) == "2024-10-08"
     retry = add_run(instance, "2024-10-08", DagsterRunStatus.STARTED)  # the daemon launched it
     again = tick(datetime(2024, 10, 9, 1, 1, tzinfo=UTC), instance)
     assert again.run_requests == [] and retry in (again.skip_message or "")

@@ -19,13 +19,7 @@ import pytest
 import trustme
 from dagster import DagsterEventType, DagsterInstance, DagsterRun
 
-from itresume_pipeline.alerts import (
-    Outbox,
-    build_failure_email,
-    describe_error,
-    outbox_dir,
-    partition_label,
-)
+from itresume_pipeline.alerts import Outbox, build_failure_email, describe_error, partition_label
 from itresume_pipeline.resources.mail import MailResource
 from itresume_pipeline.sensors import alert_outbox_flush, run_failure_alert
 from itresume_pipeline_tests.helpers import free_port, mail_for, smtp_server
@@ -109,6 +103,8 @@ def _assert_alert(msg: EmailMessage, run: DagsterRun) -> None:
         assert "ValueError: boom с кириллицей client_key=***" in text
         assert SECRET not in text
     assert f"http://dagster.example.test:3000/runs/{run.run_id}" in body
+    assert msg["Date"]
+    assert msg["Message-ID"].strip() == f"<run-failure.{run.run_id}@itresume-pipeline>"
     assert "Exceeded max_retries of 1" in body
     assert "in flaky_download\n    raise ValueError(" in body  # the stack tail: our frame
     assert "site-packages/dagster" not in body
@@ -147,7 +143,7 @@ def test_smtp_down_keeps_the_alert_until_a_later_tick_sends_it_once(
     _call_failure_sensor(instance, run, event, mail)
     outbox = Outbox()
     assert outbox.pending_keys() == [run.run_id] and outbox.sent_keys() == []
-    assert "still pending" in (_call_flush_sensor(instance, mail) or "")  # still down
+    assert "1 still pending" in (_call_flush_sensor(instance, mail) or "")  # still down
     assert outbox.pending_keys() == [run.run_id]
 
     with smtp_server("ssl", ca, port=port) as (sink, _):
@@ -289,14 +285,6 @@ def test_full_ticks_through_the_cursor(tls_ca: tuple[trustme.CA, Path]) -> None:
 # -- pieces -------------------------------------------------------------------------------------
 
 
-def test_outbox_dir_is_read_at_call_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv("ITRESUME_OUTBOX_DIR")
-    monkeypatch.setenv("ITRESUME_HOME", str(tmp_path / "home"))
-    assert outbox_dir() == tmp_path / "home" / "outbox"
-    monkeypatch.setenv("ITRESUME_OUTBOX_DIR", str(tmp_path / "x"))
-    assert Outbox().root == tmp_path / "x"
-
-
 def test_partition_label_from_tags() -> None:
     assert partition_label({"dagster/partition": "2024-10-08"}) == "2024-10-08"
     assert (
@@ -311,7 +299,8 @@ def test_partition_label_from_tags() -> None:
     assert partition_label({}) is None
 
 
-def test_email_for_a_range_run_without_step_failures() -> None:
+def test_email_for_a_range_run_without_step_failures(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ITRESUME_DAGSTER_URL", "http://ui:3000")
     run = DagsterRun(
         job_name="__ASSET_JOB",
         run_id="0c4e1b9a-0000-4000-8000-000000000001",
@@ -321,7 +310,7 @@ def test_email_for_a_range_run_without_step_failures() -> None:
             "dagster/backfill": "bf1",
         },
     )
-    msg = build_failure_email(run, [], None, base_url="http://ui:3000")
+    msg = build_failure_email(run)
     assert msg["Subject"].startswith("[itresume] FAILED __ASSET_JOB [2024-10-01...2024-10-07]")
     body = msg.get_content()
     assert "http://ui:3000/runs/0c4e1b9a-0000-4000-8000-000000000001" in body
@@ -340,10 +329,14 @@ def test_describe_error_picks_the_real_exception() -> None:
     wrapper = SerializableErrorInfo(
         "Error occurred while executing op\n", [], "DagsterExecutionStepExecutionError", cause=real
     )
-    err = describe_error("raw_attempts", wrapper)
-    assert err.error.startswith("ApiError: GET https://api?client_key=abc")  # redacted later
-    assert err.chain[-1] == "ConnectionError: reset" and len(err.chain) == 3
-    assert describe_error("s", None).error == "(no error information recorded)"
+    text, details = describe_error(wrapper)
+    assert text.startswith("ApiError: GET https://api?client_key=abc")  # redacted later
+    assert details[details.index("Error chain (outermost first):") + 1 :] == [
+        "  DagsterExecutionStepExecutionError: Error occurred while executing op",
+        "  ApiError: GET https://api?client_key=abc failed",
+        "  ConnectionError: reset",
+    ]
+    assert describe_error(None) == ("(no error information recorded)", [])
 
 
 class _SlowSender:
@@ -373,7 +366,7 @@ def test_concurrent_flushes_send_once(tmp_path: Path) -> None:
     assert sender.sent == ["x"]
     assert outbox.enqueue("run-1", msg) is False  # already sent: never doubled
     assert outbox.pending_keys() == [] and outbox.sent_keys() == ["run-1"]
-    assert list((tmp_path / "s" / "tmp").iterdir()) == []
+    assert list((tmp_path / "s" / "pending").iterdir()) == []  # no temp file left
 
 
 def test_relay_down_defers_the_backlog_then_sends_it_in_order(tmp_path: Path) -> None:
@@ -398,12 +391,12 @@ def test_relay_down_defers_the_backlog_then_sends_it_in_order(tmp_path: Path) ->
 def test_a_formatting_bug_still_sends_a_minimal_alert(
     instance: DagsterInstance, failed: tuple[DagsterRun, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import itresume_pipeline.sensors as sensors_module
+    import itresume_pipeline.alerts as alerts_module
 
-    def broken(*args: Any, **kwargs: Any) -> EmailMessage:
+    def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("bug")
 
-    monkeypatch.setattr(sensors_module, "build_failure_email", broken)
+    monkeypatch.setattr(alerts_module, "describe_error", broken)
     run, event = failed
     with smtp_server("none") as (sink, port):
         _call_failure_sensor(instance, run, event, mail_for(port, "none", None))

@@ -20,13 +20,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from itresume_pipeline.local.sheets_emulator import SheetsEmulator
+from itresume_pipeline.resources import sheets_resource
 from itresume_pipeline.resources.sheets import (
     FIXED_COLUMNS,
-    SheetsApiError,
     SheetsConfigError,
     SheetsError,
     SheetsResource,
-    SheetsRetryError,
+    apply_block,
     plan_upsert,
 )
 from itresume_pipeline.settings import SettingError
@@ -50,7 +50,7 @@ def data_dates(values: list[list[str]]) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _no_sheets_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Empty fields fall back to these variables: keep the host's settings out of the tests.
+    """`sheets_resource` binds these variables: keep the host's settings out of the tests.
     The profile is production unless a test asks for the local one."""
     for name in (
         "ITRESUME_PROFILE",
@@ -97,7 +97,6 @@ def test_google_mode_runs_the_service_account_token_flow(
         sheets = SheetsResource(
             spreadsheet_id=KEY, credentials_path=str(creds), api_base_url=emu.url
         )
-        assert sheets.mode == "google"
 
         caplog.set_level(logging.DEBUG)
         result = sheets.upsert_rows([metric(2), metric(1)])
@@ -159,7 +158,6 @@ def test_creates_worksheet_and_header_in_two_calls(
 
     assert emu.sheet_titles(KEY) == ["Sheet1", WS]
     assert emu.values(KEY, WS) == [HEADER, line(3)]
-    assert result.created_worksheet
     assert result.write_calls == 2 == emu.write_calls()
     assert result.row_numbers == {day(3): 2}
     assert result.values == {day(3): ["2024-10-03", 300, 30, 4]}
@@ -204,7 +202,7 @@ def test_same_rows_again_make_zero_write_calls(emu: SheetsEmulator, sheets: Shee
 
     again = sheets.upsert_rows(rows)
 
-    assert again.write_calls == 0 and not again.changed
+    assert again.write_calls == 0
     assert emu.write_calls() == writes
     assert emu.values(KEY, WS) == before
     assert again.row_numbers == first.row_numbers
@@ -339,14 +337,13 @@ def test_bad_rows_are_rejected_before_any_call(emu: SheetsEmulator, sheets: Shee
     assert emu.write_calls() == 0
 
 
-def test_emulator_default_spreadsheet_id(emu: SheetsEmulator) -> None:
-    emu.create_spreadsheet("local-emulator")
-    sheets = SheetsResource(emulator_host=emu.url)  # http:// prefix accepted too
+def test_the_emulator_host_may_be_a_url(emu: SheetsEmulator) -> None:
+    sheets = SheetsResource(emulator_host=emu.url, spreadsheet_id=KEY)
 
     result = sheets.upsert_rows([metric(1)])
 
     assert result.mode == "emulator"
-    assert emu.values("local-emulator", WS) == [HEADER, line(1)]
+    assert emu.values(KEY, WS) == [HEADER, line(1)]
 
 
 def test_parallel_partitions_do_not_lose_rows(emu: SheetsEmulator, sheets: SheetsResource) -> None:
@@ -407,7 +404,7 @@ def test_a_429_storm_gives_up_after_max_attempts(emu: SheetsEmulator) -> None:
     )
     emu.inject(429, times=50, retry_after=0)
 
-    with pytest.raises(SheetsRetryError) as info:
+    with pytest.raises(SheetsError) as info:
         sheets.upsert_rows([metric(1)])
 
     assert "answered 429" in str(info.value)
@@ -420,9 +417,7 @@ def test_a_429_storm_gives_up_after_max_attempts(emu: SheetsEmulator) -> None:
 def test_a_4xx_is_not_retried(emu: SheetsEmulator, sheets: SheetsResource) -> None:
     emu.inject(400)
 
-    with pytest.raises(
-        SheetsApiError, match=f"refused GET /v4/spreadsheets/{KEY} with 400"
-    ) as info:
+    with pytest.raises(SheetsError, match=f"refused GET /v4/spreadsheets/{KEY} with 400") as info:
         sheets.upsert_rows([metric(1)])
 
     assert info.value.status == 400
@@ -449,10 +444,14 @@ def test_connection_refused_gives_up_with_a_clear_error() -> None:
     with SheetsEmulator() as gone:
         address = gone.host_port
     sheets = SheetsResource(
-        emulator_host=address, max_attempts=2, backoff_base_s=0.001, backoff_max_s=0.01
+        emulator_host=address,
+        spreadsheet_id=KEY,
+        max_attempts=2,
+        backoff_base_s=0.001,
+        backoff_max_s=0.01,
     )
 
-    with pytest.raises(SheetsRetryError, match=r"failed with ConnectionError .* after 2 attempts"):
+    with pytest.raises(SheetsError, match=r"failed with ConnectionError .* after 2 attempts"):
         sheets.upsert_rows([metric(1)])
 
 
@@ -471,7 +470,7 @@ def test_only_a_spreadsheet_id_names_the_missing_credentials_variable() -> None:
 def test_only_credentials_names_the_missing_spreadsheet_variable(tmp_path: Path) -> None:
     sheets = SheetsResource(credentials_path=str(tmp_path / "sa.json"))
     with pytest.raises(SheetsConfigError, match="ITRESUME_SHEETS_SPREADSHEET_ID is not"):
-        _ = sheets.mode
+        sheets.read_rows()
 
 
 def test_missing_credentials_file_names_the_path(tmp_path: Path) -> None:
@@ -485,9 +484,9 @@ def test_missing_credentials_file_names_the_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ("not json at all -----BEGIN PRIVATE KEY----- SECRET", "not valid JSON"),
+        ("not json at all -----BEGIN PRIVATE KEY----- SECRET", "key in .* \\(JSONDecodeError\\)"),
         ('{"type": "authorized_user", "refresh_token": "SECRET"}', "not a service-account"),
-        ('{"type": "service_account", "private_key": "SECRET"}', "lacks client_email"),
+        ('{"type": "service_account", "private_key": "SECRET"}', "cannot load the service-acc"),
     ],
 )
 def test_unusable_credentials_never_echo_the_content(
@@ -508,30 +507,30 @@ def test_a_corrupt_private_key_is_reported_without_the_key(tmp_path: Path) -> No
     secret = "-----BEGIN PRIVATE KEY-----\nTOPSECRETMATERIAL\n-----END PRIVATE KEY-----\n"
     path = write_credentials(tmp_path / "sa.json", "http://127.0.0.1:9/token", secret)
     sheets = SheetsResource(spreadsheet_id="abc", credentials_path=str(path))
-    with pytest.raises(SheetsConfigError, match="cannot load the private key") as info:
+    with pytest.raises(SheetsConfigError, match="cannot load the service-account key") as info:
         sheets.upsert_rows([metric(1)])
     assert "TOPSECRET" not in str(info.value)
 
 
-def test_empty_fields_fall_back_to_the_documented_variables(
+def test_the_documented_variables_are_bound(
     emu: SheetsEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("ITRESUME_PROFILE", "local")
-    local = SheetsResource()
-    assert local.mode == "local-csv"
-    assert local.csv_path == tmp_path / "home" / "sheets" / "daily_metrics.csv"
+    local = sheets_resource()
+    local.upsert_rows([metric(1)])
+    assert (tmp_path / "home" / "sheets" / "daily_metrics.csv").exists()
     monkeypatch.delenv("ITRESUME_PROFILE")
 
     monkeypatch.setenv("SHEETS_EMULATOR_HOST", emu.host_port)
     monkeypatch.setenv("ITRESUME_SHEETS_SPREADSHEET_ID", KEY)
     monkeypatch.setenv("ITRESUME_SHEETS_WORKSHEET", "stats")
-    result = SheetsResource().upsert_rows([metric(1)])
+    result = sheets_resource().upsert_rows([metric(1)])
 
-    assert result.mode == "emulator" and result.worksheet == "stats"
+    assert result.mode == "emulator"
     assert emu.values(KEY, "stats") == [HEADER, line(1)]
     monkeypatch.delenv("SHEETS_EMULATOR_HOST")
     with pytest.raises(SheetsConfigError, match="ITRESUME_SHEETS_CREDENTIALS is not"):
-        _ = SheetsResource().mode
+        sheets_resource().read_rows()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,7 +545,7 @@ BOTH_MISSING = (
 def test_production_with_no_sheets_settings_fails_instead_of_writing_a_file(
     tmp_path: Path,
 ) -> None:
-    sheets = SheetsResource()
+    sheets = sheets_resource()
 
     with pytest.raises(SettingError, match=BOTH_MISSING) as info:
         sheets.upsert_rows([metric(1)])
@@ -596,17 +595,18 @@ def test_the_backend_variable_decides(
         monkeypatch.setenv(name, value)
 
     if expected == "local-csv":
-        assert SheetsResource().mode == "local-csv"
+        assert sheets_resource().describe().startswith("local CSV file")
     else:
         with pytest.raises(SettingError, match=expected):
-            _ = SheetsResource().mode
+            sheets_resource().describe()
 
 
 def test_the_backend_field_writes_the_csv_sheet_in_production(
-    emu: SheetsEmulator, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    emu: SheetsEmulator, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("SHEETS_EMULATOR_HOST", emu.host_port)
-    sheets = SheetsResource(backend="csv", local_dir=str(tmp_path / "report"))
+    sheets = SheetsResource(
+        backend="csv", emulator_host=emu.host_port, local_dir=str(tmp_path / "report")
+    )
 
     result = sheets.upsert_rows([metric(1)])
 
@@ -634,7 +634,7 @@ def test_local_csv_mode_has_the_same_semantics(
         sheets.upsert_rows([metric(n)])
     result = sheets.upsert_rows([metric(n) for n in range(1, 8)])
 
-    assert sheets.mode == "local-csv" and result.mode == "local-csv"
+    assert result.mode == "local-csv"
     assert "LOCAL CSV file" in caplog.text and "not Google Sheets" in caplog.text
     assert result.url == path.resolve().as_uri()
     assert result.row_numbers == {day(n): n + 1 for n in range(1, 8)}
@@ -652,7 +652,7 @@ def test_local_csv_mode_has_the_same_semantics(
 def test_local_csv_corrects_hand_edits(tmp_path: Path) -> None:
     sheets = SheetsResource(backend="csv", local_dir=str(tmp_path))
     sheets.upsert_rows([metric(1), metric(2)])
-    path = sheets.csv_path
+    path = tmp_path / "daily_metrics.csv"
     lines = path.read_text(encoding="utf-8").splitlines()
     path.write_text("\n".join([*lines, lines[1], "", "2024-10-02,1,1,1"]) + "\n", encoding="utf-8")
 
@@ -689,13 +689,10 @@ def test_any_sequence_of_upserts_matches_a_dict_model(batches: list[dict[int, in
         plan = plan_upsert(grid, rows)
         for row in rows:
             model[row["date"]] = list(row.values())
-        block = plan.block()
-        if plan.first_changed is not None:  # apply the written block like the API would
-            grid = grid[: plan.first_changed] + block + grid[plan.block_end :]
-            while grid and all(c == "" for c in grid[-1]):
-                grid.pop()
+        if plan.top is not None:  # write the block like the API would
+            grid = apply_block(grid, plan.top, plan.table.col, plan.block)
         assert grid == [HEADER, *(model[d] for d in sorted(model))]
-        assert plan_upsert(grid, rows).first_changed is None  # idempotent
+        assert plan_upsert(grid, rows).top is None  # idempotent
 
 
 # ---------------------------------------------------------------------------------------------

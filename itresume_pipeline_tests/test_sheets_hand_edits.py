@@ -23,6 +23,8 @@ from itresume_pipeline.resources.sheets import (
     FIXED_COLUMNS,
     SheetsLayoutError,
     SheetsResource,
+    UpsertPlan,
+    apply_block,
     plan_upsert,
 )
 from itresume_pipeline_tests.helpers import sheet_day, sheet_metric
@@ -43,12 +45,6 @@ def cells(n: int, scale: int = 1) -> list[Any]:
 def line(n: int, scale: int = 1) -> list[str]:
     """The sheet row ``metric(n, scale)`` gives, as the emulator shows it."""
     return [str(v) for v in metric(n, scale).values()]
-
-
-@pytest.fixture(autouse=True)
-def _no_sheets_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ITRESUME_SHEETS_BACKEND", "ITRESUME_SHEETS_WORKSHEET", "SHEETS_EMULATOR_HOST"):
-        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -75,6 +71,11 @@ def person(emu: SheetsEmulator) -> gspread.Worksheet:
 
     client = gspread.Client(auth=None, session=ToEmulator())
     return client.open_by_key(KEY).worksheet(WS)
+
+
+def written(grid: list[list[Any]], plan: UpsertPlan) -> list[list[Any]]:
+    """The whole sheet after the plan's write: its block in the table's cells."""
+    return grid if plan.top is None else apply_block(grid, plan.top, plan.table.col, plan.block)
 
 
 def put_values(emu: SheetsEmulator) -> list[str]:
@@ -169,14 +170,15 @@ def test_a_header_that_cannot_be_found_unambiguously_stops_the_write(
 
 def test_the_csv_sheet_keeps_a_moved_table_in_place_too(tmp_path: Path) -> None:
     sheets = SheetsResource(backend="csv", local_dir=str(tmp_path))
-    sheets.csv_path.write_text(
+    path = tmp_path / "daily_metrics.csv"
+    path.write_text(
         f"{TITLE}\n\n,{','.join(HEADER)}\n,{','.join(line(3))},kept\n", encoding="utf-8"
     )
 
     result = sheets.upsert_rows([metric(2)])
 
     assert result.row_numbers == {day(2): 4}
-    assert sheets.csv_path.read_text(encoding="utf-8").splitlines() == [
+    assert path.read_text(encoding="utf-8").splitlines() == [
         TITLE,
         "",
         f",{','.join(HEADER)}",
@@ -193,10 +195,10 @@ def test_the_merge_keeps_the_table_in_place_in_any_position() -> None:
 
     plain, shifted = plan_upsert(at_a1, rows), plan_upsert(moved, rows)
 
-    assert shifted.grid == plain.grid and shifted.block() == plain.block()
-    assert (shifted.spot.row, shifted.spot.col) == (3, 2)
+    assert shifted.grid == plain.grid and shifted.block == plain.block
+    assert (shifted.table.row, shifted.table.col) == (3, 2)
     assert {d: n - 3 for d, n in shifted.row_numbers.items()} == plain.row_numbers
-    spliced = shifted.splice(moved)
+    spliced = written(moved, shifted)
     assert spliced[:3] == [[TITLE], [], []]
     assert [r[:2] for r in spliced[3:]] == [["x", ""]] * 3 + [["", ""]]
     assert [r[6:] for r in spliced[3:6]] == [["", "kept"]] * 3
@@ -283,7 +285,7 @@ def test_any_upserts_into_a_moved_table_never_touch_other_cells(
     for batch in batches:
         rows = [metric(n, scale) for n, scale in batch.items()]
         plan = plan_upsert(grid, rows)
-        grid = plan.splice(grid)
+        grid = written(grid, plan)
         model.update({row["date"]: list(row.values()) for row in rows})
 
         assert grid[:title_rows] == before[:title_rows]
@@ -292,4 +294,4 @@ def test_any_upserts_into_a_moved_table_never_touch_other_cells(
         ]
         table = [row[shift : shift + 4] for row in grid[title_rows:]]
         assert table == [HEADER, *(model[d] for d in sorted(model))]
-        assert plan_upsert(grid, rows).first_changed is None  # a rerun writes nothing
+        assert plan_upsert(grid, rows).top is None  # a rerun writes nothing

@@ -16,10 +16,8 @@ DAILY_ASSET = {
     "group_name": GROUP,
 }
 
-# Steps that use PostgreSQL: a dropped connection or a restarted server deserves two more tries.
-# Every write is one transaction per run, so a retry starts from the state before the failed
-# attempt. The HTTP clients retry their own transients; once they give up, the step fails with
-# `Failure(allow_retries=False)` (as on a bad setting), so this policy never multiplies them.
+# Steps that use PostgreSQL: a dropped connection deserves two more tries (each write is one
+# transaction). HTTP clients retry their own transients, then fail without retries.
 DATABASE_RETRY_POLICY = RetryPolicy(
     max_retries=2, delay=2, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS
 )
@@ -27,12 +25,7 @@ DATABASE_RETRY_POLICY = RetryPolicy(
 
 @contextmanager
 def interruption_ends_the_run(step: str) -> Iterator[None]:
-    """A terminated run (the UI's Terminate, `dagster run terminate`, systemd's SIGTERM) stops.
-
-    Dagster re-executes an interrupted step under its RetryPolicy, so one SIGTERM would only
-    restart a step that has one. Turned into a Failure without retries, the interruption ends
-    the run instead; the step's open transaction is rolled back with its connection.
-    """
+    """A terminated run stops: Dagster would retry an interrupted step under its RetryPolicy."""
     try:
         yield
     except DagsterExecutionInterruptedError:

@@ -19,10 +19,7 @@ from itresume_pipeline.assets.common import (
     interruption_ends_the_run,
 )
 from itresume_pipeline.assets.ingestion import postgres_attempts
-from itresume_pipeline.partitions import (
-    days_in_window,
-    describe_days,
-)
+from itresume_pipeline.partitions import days_in_window, describe_days
 from itresume_pipeline.resources.postgres import PostgresResource
 
 METRIC_COLUMNS = ("attempts", "successful_attempts", "unique_users")
@@ -53,16 +50,17 @@ def daily_metrics(context: AssetExecutionContext, warehouse: PostgresResource) -
         context.log.info(
             f"metrics finished: {describe_days(days)}, {len(rows)} rows in {seconds:.2f} s"
         )
-        metadata: dict[str, object] = {
-            "days": MetadataValue.int(len(rows)),
-            "duration_s": MetadataValue.float(round(seconds, 3)),
-            "preview": MetadataValue.md(metrics_markdown(rows[-31:])),
-        }
-        for column in METRIC_COLUMNS:
-            # One day: the day's value, which the UI plots across partitions. A range: the total.
-            metadata[column] = MetadataValue.int(sum(row[column] for row in rows))
+        table = [("date", *METRIC_COLUMNS), ("---", "---:", "---:", "---:")]
+        table += [row.values() for row in rows[-31:]]
+        preview = "\n".join(f"| {' | '.join(map(str, r))} |" for r in table)
         return MaterializeResult(
-            metadata=metadata,
+            metadata={
+                "days": MetadataValue.int(len(rows)),
+                "duration_s": MetadataValue.float(round(seconds, 3)),
+                "preview": MetadataValue.md(preview),
+                # One day: the day's value, which the UI plots across partitions. A range: the sum.
+                **{c: MetadataValue.int(sum(row[c] for row in rows)) for c in METRIC_COLUMNS},
+            },
             check_results=[
                 AssetCheckResult(
                     check_name="metrics_match_recount",
@@ -79,24 +77,20 @@ def daily_metrics(context: AssetExecutionContext, warehouse: PostgresResource) -
 _NO_JIT = "SET LOCAL jit = off"
 
 
+def _metric_row(day: date, *values: int) -> dict:
+    return {"date": day.isoformat(), **dict(zip(METRIC_COLUMNS, values, strict=True))}
+
+
 def upsert_daily_metrics(warehouse: PostgresResource, first: date, last: date) -> list[dict]:
-    """Recompute and upsert [first, last]; empty days get a row of zeros, not a gap."""
+    """Recompute and upsert [first, last], a day's partition at a time; an empty day gets zeros."""
     with warehouse.connect() as conn, conn.transaction():
         conn.execute(_NO_JIT)
-        cursor = conn.execute(
-            warehouse.query("daily_metrics_upsert.sql"),
-            {"start": first, "end": date.fromordinal(last.toordinal() + 1)},
-        )
-        rows = [
-            {
-                "date": day.isoformat(),
-                "attempts": attempts,
-                "successful_attempts": successful,
-                "unique_users": users,
-            }
-            for day, attempts, successful, users in cursor.fetchall()
+        return [
+            _metric_row(
+                *conn.execute(warehouse.query("daily_metrics_upsert.sql"), {"day": day}).fetchone()
+            )
+            for day in _days(first, last)
         ]
-    return sorted(rows, key=lambda row: row["date"])
 
 
 def fetch_daily_metrics(warehouse: PostgresResource, first: date, last: date) -> list[dict]:
@@ -105,34 +99,20 @@ def fetch_daily_metrics(warehouse: PostgresResource, first: date, last: date) ->
         cursor = conn.execute(
             warehouse.query("daily_metrics_select.sql"), {"start": first, "end": last}
         )
-        return [
-            {
-                "date": day.isoformat(),
-                "attempts": attempts,
-                "successful_attempts": successful,
-                "unique_users": users,
-            }
-            for day, attempts, successful, users in cursor.fetchall()
-        ]
+        return [_metric_row(*row) for row in cursor.fetchall()]
 
 
 def recount_mismatches(warehouse: PostgresResource, first: date, last: date) -> list[dict]:
+    """Days of [first, last] whose stored metrics differ from a recount, one day at a time."""
+    mismatches = []
     with warehouse.connect() as conn, conn.transaction():
         conn.execute(_NO_JIT)
-        cursor = conn.execute(
-            warehouse.query("daily_metrics_recount.sql"),
-            {"start": first, "end": date.fromordinal(last.toordinal() + 1)},
-        )
-        return [
-            {"date": row[0], "recount": list(row[1:4]), "stored": list(row[4:7])}
-            for row in cursor.fetchall()
-        ]
+        for day in _days(first, last):
+            query = warehouse.query("daily_metrics_recount.sql")
+            for row in conn.execute(query, {"day": day}):
+                mismatches.append({"date": str(day), "recount": row[:3], "stored": row[3:]})
+    return mismatches
 
 
-def metrics_markdown(rows: list[dict]) -> str:
-    lines = ["| date | attempts | successful_attempts | unique_users |", "|---|---:|---:|---:|"]
-    lines += [
-        f"| {r['date']} | {r['attempts']} | {r['successful_attempts']} | {r['unique_users']} |"
-        for r in rows
-    ]
-    return "\n".join(lines)
+def _days(first: date, last: date) -> list[date]:
+    return [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]

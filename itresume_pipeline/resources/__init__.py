@@ -1,59 +1,58 @@
-"""The resources of both code locations, bound to the environment variables of the README here.
-
-This is the one place a resource field meets the environment (through `settings`): the modules
-of the resources only check the values they are given. Secrets (the API key, the SMTP password,
-the database URL, which may carry a password) are `EnvVar`s, so the Dagster UI shows their
-names, never their values; an unset one fails the run that needs it with a `SettingError`
-naming it (see `settings.secret`). Mail belongs to the alerting code location
-(`itresume_pipeline.alerting`), whose `build_alert_resources` checks every mail setting on load.
-"""
+"""The resources of both code locations, bound here (and only here) from `settings`.
+Secrets are `EnvVar`s, so the Dagster UI shows their names, never their values."""
 
 from __future__ import annotations
 
 from itresume_pipeline import settings
 from itresume_pipeline.landing import LandingZone
-from itresume_pipeline.resources import api, mail, postgres
-from itresume_pipeline.resources.api import ItResumeApiResource
-from itresume_pipeline.resources.mail import MailResource
-from itresume_pipeline.resources.postgres import PostgresResource
-from itresume_pipeline.resources.sheets import SheetsResource
+from itresume_pipeline.resources import api, mail, postgres, sheets
 
 
 def build_resources() -> dict[str, object]:
     return {
-        "itresume_api": ItResumeApiResource(
+        "itresume_api": api.ItResumeApiResource(
             url=settings.env(api.URL_VAR, settings.DEFAULT_API_URL),
             client=settings.secret(api.CLIENT_VAR),
             client_key=settings.secret(api.CLIENT_KEY_VAR),
         ),
         "landing": LandingZone(root=str(settings.home())),
-        "warehouse": PostgresResource(
+        "warehouse": postgres.PostgresResource(
             database_url=settings.secret(postgres.DATABASE_URL_VAR),
             schema_name=settings.env(postgres.SCHEMA_VAR, settings.DEFAULT_SCHEMA),
         ),
-        "sheets": SheetsResource(),
+        "sheets": sheets_resource(),
     }
 
 
-def build_alert_resources() -> dict[str, object]:
-    """The mail relay, every setting checked now, when the alerting location loads.
+def sheets_resource() -> sheets.SheetsResource:
+    """The local profile writes the CSV sheet unless a Sheets setting is given; production never."""
+    given = {
+        "spreadsheet_id": settings.env(sheets.SPREADSHEET_ID_VAR),
+        "credentials_path": settings.env(sheets.CREDENTIALS_VAR),
+        "emulator_host": settings.env(sheets.EMULATOR_HOST_VAR),
+    }
+    fallback = "csv" if not any(given.values()) and settings.is_local() else "google"
+    return sheets.SheetsResource(
+        **given,
+        backend=settings.env(sheets.BACKEND_VAR, fallback).lower(),
+        worksheet=settings.env(sheets.WORKSHEET_VAR, sheets.DEFAULT_WORKSHEET),
+        local_dir=str(settings.sheets_local_dir()),
+    )
 
-    A bad value (SMTP_SECURITY=tls, a port of 0, a recipient without @) then stops the load with
-    a `settings.SettingError` naming the variable, which `dagster definitions validate` and the
-    UI show, instead of failing every sensor tick while runs carry on unwatched. A missing host
-    or recipient is no error here: alerts wait in the outbox and every tick says so.
-    """
-    user = settings.env(mail.USER_VAR)
+
+def build_alert_resources() -> dict[str, object]:
+    """The mail relay; a bad setting stops the load naming it, no host or recipient only delays."""
+    user = settings.env("ITRESUME_SMTP_USER")
     if user:
-        settings.required(mail.PASSWORD_VAR, needed_for=f"SMTP login as {mail.USER_VAR}")
-    relay = MailResource(
+        settings.required("ITRESUME_SMTP_PASSWORD", needed_for="SMTP login as ITRESUME_SMTP_USER")
+    relay = mail.MailResource(
         host=settings.env(mail.HOST_VAR),
-        port=settings.integer(mail.PORT_VAR, 0, minimum=1, maximum=65535),
-        security=settings.choice(mail.SECURITY_VAR, mail.SECURITY_MODES),
+        port=settings.integer("ITRESUME_SMTP_PORT", 0, minimum=1, maximum=65535),
+        security=settings.choice("ITRESUME_SMTP_SECURITY", mail.SECURITY_MODES),
         user=user,
-        password=settings.secret(mail.PASSWORD_VAR),
-        ca_file=settings.readable_file(mail.CA_FILE_VAR),
-        from_addr=settings.addresses(mail.FROM_VAR, single=True) or mail.DEFAULT_FROM,
+        password=settings.secret("ITRESUME_SMTP_PASSWORD"),
+        ca_file=settings.readable_file("ITRESUME_SMTP_CA_FILE"),
+        from_addr=settings.addresses("ITRESUME_ALERT_FROM", single=True),
         to_addrs=settings.addresses(mail.TO_VAR),
     )
     return {"mail": relay}

@@ -1,18 +1,6 @@
 """The PostgreSQL warehouse: connections, versioned migrations and the per-day locks.
-
-psycopg 3 is used for its fast COPY. The warehouse is `database_url` (ITRESUME_DATABASE_URL), a
-libpq URI or keyword string, checked before any connection; only the local profile may start the
-embedded server instead. Connection failures are sorted by whether waiting can cure them: a
-refused or timed-out connection is retried (Dagster's RetryPolicy), a wrong password, role or
-database is not, and a malformed URL or schema is a `SettingError`.
-
-Migrations run under an advisory lock, so concurrent first runs cannot race, and only when the
-schema is missing or older than `SCHEMA_VERSION`. The version is read from a table of its own,
-which no load locks: a fresh process never waits behind a running load, whose locks the DDL
-(`CREATE INDEX IF NOT EXISTS` included) would otherwise have to wait for. Every connection reads
-it (two catalog-sized queries), so nothing is cached per process and a schema dropped under a
-running process is simply made again.
-"""
+A refused or timed-out connection is retried, a wrong password, role or database is not, and a
+malformed URL or schema is a `SettingError`."""
 
 from __future__ import annotations
 
@@ -20,7 +8,6 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
-from functools import cache
 from pathlib import Path
 
 import psycopg
@@ -36,18 +23,14 @@ SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 MIGRATION_LOCK_KEY = 0x17_5E_5A_3E  # arbitrary, constant: "itresume migrations"
 DAY_LOCK_NAMESPACE = 0x17_5E_5A_3F  # advisory locks of one partition day
-SCHEMA_VERSION = 1  # raise it with every change to schema.sql
+SCHEMA_VERSION = 2  # raise it with every change to schema.sql (2: daily partitions)
 DATABASE_URL_VAR = "ITRESUME_DATABASE_URL"
 SCHEMA_VAR = "ITRESUME_DB_SCHEMA"
 URL_FORM = "postgresql://user:password@host:port/dbname"
-URI_SCHEMES = ("postgresql://", "postgres://")
 # libpq's own words for failures that no retry can cure: the server said who or what is wrong.
-REFUSALS = (
-    "authentication failed",
-    "no password supplied",
-    "no pg_hba.conf entry",
-    "permission denied for database",
-    "does not exist",  # role "x" / database "x"
+REFUSALS = re.compile(
+    "authentication failed|no password supplied|no pg_hba.conf entry|"
+    "permission denied for database|does not exist"  # role "x" / database "x"
 )
 
 
@@ -66,16 +49,10 @@ class WarehouseRefused(WarehouseError, Failure):
         Failure.__init__(self, description=message, allow_retries=False)
 
 
-@cache
-def load_sql(name: str) -> str:
-    """SQL lives in `.sql` files beside the code that runs it."""
-    return (SQL_DIR / name).read_text("utf-8")
-
-
 def check_database_url(url: str) -> str:
     """Refuse what libpq would misread, before connecting; never echo the value (a password)."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme and not url.lower().startswith(URI_SCHEMES):
+    if scheme and not url.lower().startswith(("postgresql://", "postgres://")):
         shown = f" {scheme!r}" if re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]{0,30}", scheme) else ""
         raise WarehouseSettingError(
             f"{DATABASE_URL_VAR} has the scheme{shown}: libpq takes {URL_FORM} "
@@ -102,7 +79,7 @@ def connect_error(conninfo: str, error: psycopg.Error) -> WarehouseError:
     where = f"PostgreSQL at {redact(conninfo)} ({DATABASE_URL_VAR})"
     if "invalid " in reason and "connection is bad" in str(error):  # libpq refused an option
         return WarehouseSettingError(f"{DATABASE_URL_VAR} is invalid: {reason}")
-    if any(words in reason for words in REFUSALS):
+    if REFUSALS.search(reason):
         return WarehouseRefused(f"PostgreSQL refused the connection, {where}: {reason}")
     return WarehouseError(f"cannot connect to {where}: {reason}")
 
@@ -130,12 +107,12 @@ class PostgresResource(ConfigurableResource):
             return str(error)
 
     def table(self, name: str) -> sql.Composed:
-        """A schema-qualified, quoted table identifier."""
         return sql.Identifier(self._schema(), name)
 
     def query(self, filename: str) -> sql.Composed:
         """A `.sql` file with `{schema}` bound to our quoted schema."""
-        return sql.SQL(load_sql(filename)).format(schema=sql.Identifier(self._schema()))
+        text = (SQL_DIR / filename).read_text("utf-8")
+        return sql.SQL(text).format(schema=sql.Identifier(self._schema()))
 
     @contextmanager
     def connect(self, *, autocommit: bool = False) -> Iterator[psycopg.Connection]:
@@ -154,13 +131,11 @@ class PostgresResource(ConfigurableResource):
             yield conn
 
     def lock_days(self, conn: psycopg.Connection, days: list[date]) -> None:
-        """Serialize writers of the same day (transaction-scoped advisory locks, sorted order)."""
+        """Serialize writers of the same day (transaction-scoped, sorted: no deadlock)."""
         for day in sorted(set(days)):
             conn.execute(
                 "SELECT pg_advisory_xact_lock(%s, %s)", (DAY_LOCK_NAMESPACE, day.toordinal())
             )
-
-    # -- internals ----------------------------------------------------------------------------
 
     def _schema(self) -> str:
         name = self.schema_name
@@ -186,31 +161,20 @@ class PostgresResource(ConfigurableResource):
         return embedded_server_uri(settings.embedded_pg_dir())
 
     def _schema_version(self, conn: psycopg.Connection) -> int:
-        """The schema's recorded version, 0 if none; reads only the catalog and a table of ours
-        that no load locks."""
+        """The recorded version, 0 if none, from a table no load locks: a fresh process never
+        waits behind a running load."""
         with conn.transaction():
-            found = conn.execute(
-                "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-                "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'schema_version'",
-                (self._schema(),),
-            ).fetchone()
-            if not found:
+            name = f'"{self._schema()}".schema_version'
+            if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None:
                 return 0
-            row = conn.execute(
-                sql.SQL("SELECT max(version) FROM {}").format(self.table("schema_version"))
-            ).fetchone()
-        return row[0] or 0
+            query = sql.SQL("SELECT max(version) FROM {}").format(self.table("schema_version"))
+            return conn.execute(query).fetchone()[0] or 0
 
     def _migrate(self, conn: psycopg.Connection) -> None:
-        """The DDL, once per version: under the migration lock, rechecked once it is held."""
+        """schema.sql (which also upgrades version 1 in place) under the migration lock."""
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
             if self._schema_version(conn) >= SCHEMA_VERSION:
                 return  # another process migrated while we waited for the lock
             conn.execute(self.query("schema.sql"))
-            conn.execute(
-                sql.SQL("INSERT INTO {} (version) VALUES (%s) ON CONFLICT DO NOTHING").format(
-                    self.table("schema_version")
-                ),
-                (SCHEMA_VERSION,),
-            )
+            conn.execute(self.query("schema_version_record.sql"), {"version": SCHEMA_VERSION})
