@@ -74,14 +74,14 @@ def replace_days(
             conn.execute("SELECT set_config('itresume.run_id', %s, true)", (run_id,))
             warehouse.lock_days(conn, days)
             query = warehouse.query("loaded_days_select.sql")
-            loaded_from = dict(conn.execute(query, {"days": days}).fetchall())
+            loaded = {day: (sha, rows) for day, sha, rows in conn.execute(query, {"days": days})}
             loads = []
             for day in days:
-                recorded = loaded_from.get(day) if skip_unchanged else None
-                if recorded and payload_sha256(payloads[day]) == recorded:
+                recorded, rows = loaded.get(day, (None, None))
+                if skip_unchanged and recorded and payload_sha256(payloads[day]) == recorded:
                     loads.append(DayLoad(day=day, sha256=recorded, unchanged=True))
                 else:
-                    loads.append(_replace_day(conn, warehouse, day, payloads[day]))
+                    loads.append(_replace_day(conn, warehouse, day, payloads[day], rows))
             refused = [d for d in loads if 2 * d.loaded < d.replaced] if refuse_shrink else []
             if refused:
                 raise ShrinkRefused(refused)  # inside the transaction: it rolls back
@@ -101,14 +101,15 @@ def payload_sha256(path: Path) -> str:
 
 
 def _replace_day(
-    conn: psycopg.Connection, warehouse: PostgresResource, day: date, path: Path
+    conn: psycopg.Connection, warehouse: PostgresResource, day: date, path: Path, rows: int | None
 ) -> DayLoad:
     start, end = day_bounds(day)
     attempts, rejected = (  # the day's partitions, e.g. attempts_20241008
         warehouse.table(f"{table}_{day:%Y%m%d}") for table in ("attempts", "attempts_rejected")
     )
-    count = sql.SQL("SELECT count(*) FROM {}").format(attempts)
-    load = DayLoad(day=day, replaced=conn.execute(count).fetchone()[0])
+    if rows is None:  # loaded before row counts were recorded (an upgraded warehouse)
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(attempts)).fetchone()[0]
+    load = DayLoad(day=day, replaced=rows)
     conn.execute(sql.SQL("TRUNCATE {}, {}").format(attempts, rejected))
     copy_attempts = sql.SQL(  # the columns in the order of process_day's COPY data
         "COPY {} (user_id, oauth_consumer_key, lis_result_sourcedid, lis_outcome_service_url, "
@@ -139,7 +140,8 @@ def _replace_day(
             with cur.copy(copy_rejects) as copy:
                 while block := spool.read(1 << 20):
                     copy.write(block)
-    conn.execute(warehouse.query("loaded_day_record.sql"), {"day": day, "sha256": load.sha256})
+    record = {"day": day, "sha256": load.sha256, "rows": load.copied}
+    conn.execute(warehouse.query("loaded_day_record.sql"), record)
     return load
 
 

@@ -51,6 +51,9 @@ CREATE TABLE IF NOT EXISTS {schema}.loaded_days (
     loaded_at timestamptz NOT NULL DEFAULT now()
 );
 
+-- Version 3: the rows each load left in its day, so the shrink guard needs no count(*).
+ALTER TABLE {schema}.loaded_days ADD COLUMN IF NOT EXISTS row_count bigint;
+
 -- attempts_YYYYMMDD and attempts_rejected_YYYYMMDD for one day, if missing. Created apart and
 -- then attached, because ATTACH takes a lock on the parent that readers and loads do not wait
 -- for (CREATE TABLE ... PARTITION OF would take ACCESS EXCLUSIVE).
