@@ -8,6 +8,7 @@ import hashlib
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
@@ -303,7 +304,7 @@ class _Watchdog(HTTPAdapter):
 
 class _Tee(ChunkStream):
     """The body as a stream for the validator, while a second thread hashes, gzips and writes
-    each chunk (sha256 and ISA-L release the GIL); one chunk in flight keeps memory flat."""
+    each chunk (sha256 and ISA-L release the GIL); a few chunks in flight keep memory flat."""
 
     def __init__(self, chunks: Iterator[bytes], dest: Path, check: Callable[[], None]) -> None:
         super().__init__()
@@ -315,13 +316,14 @@ class _Tee(ChunkStream):
         self._compressor = isal_zlib.compressobj(1, isal_zlib.DEFLATED, 31)
         self._out = open(dest, "wb")  # noqa: SIM115 - closed by finish()
         self._writer = ThreadPoolExecutor(1, "itresume-gzip")
-        self._written: Future[None] = self._writer.submit(self._write, b"")
+        self._in_flight: deque[Future[None]] = deque()
 
     def _next_chunk(self) -> bytes:
         self._check()
         chunk = next(self._chunks, b"")
-        self._written.result()  # the writer's error, if any, is raised here
-        self._written = self._writer.submit(self._write, chunk)
+        while self._in_flight and (self._in_flight[0].done() or len(self._in_flight) >= 8):
+            self._in_flight.popleft().result()  # the writer's error, if any, is raised here
+        self._in_flight.append(self._writer.submit(self._write, chunk))
         return chunk
 
     def _write(self, chunk: bytes) -> None:
@@ -332,6 +334,7 @@ class _Tee(ChunkStream):
     def finish(self) -> tuple[int, str]:
         """Close the file (a full disk may refuse its last bytes too); size and sha256."""
         with self._out, self._writer:
-            self._written.result()
+            while self._in_flight:
+                self._in_flight.popleft().result()
             self._out.write(self._compressor.flush())
         return self._size, self._digest.hexdigest()
